@@ -1,0 +1,32 @@
+# sjd_min: `make demo` and `make test` bootstrap their own virtualenv on a fresh machine.
+# An installed torch (e.g. a GPU machine's CUDA build) is reused through system site packages;
+# otherwise the CPU wheel torch==$(TORCH_CPU) is installed: a bare `pip install torch` would pull
+# a multi-GB CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_CPU ?= 2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test env clean
+
+$(STAMP): pyproject.toml
+	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
+		echo "reusing the installed torch $$($(PYTHON) -c 'import torch; print(torch.__version__)')"; \
+		$(PYTHON) -m venv --system-site-packages $(VENV); \
+	else \
+		$(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q "torch==$(TORCH_CPU)"; \
+	fi
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+env: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/random_demo.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) build *.egg-info

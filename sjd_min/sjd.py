@@ -1,0 +1,237 @@
+"""Speculative Jacobi Decoding (SJD, arXiv 2410.01699) and its coupled draft refresh
+(MC-SJD, arXiv 2510.24211): parallel decoding that is *lossless*, i.e. its samples have
+exactly the distribution of auto-regressive sampling (``ar.py``).
+
+The algorithm, per row, with n tokens committed and a window of W slots:
+
+    slot k = 0..W-1 holds output position n + k; slots 0..W-2 hold drafts d_k ~ q_k
+    1. one model call on [x_{n-1}, d_0, ..., d_{W-2}]        -> p_0, ..., p_{W-1}
+    2. accept d_k with probability min(1, p_k(d_k) / q_k(d_k)), left to right
+    3. at the first rejection a: x_{n+a} ~ norm(max(0, p_a - q_a))
+       (all W-1 accepted: a = W-1 and the bonus x_{n+W-1} ~ p_{W-1}, since q_{W-1} = 0)
+       -> commit a + 1 tokens, roll the cache back to them
+    4. refresh the unverified slots k > a from this call's p_k (they become drafts with q = p_k):
+         "independent": d'_k ~ p_k with fresh noise                    (the SJD paper)
+         "maximal":     d'_k = d_k if the step-2 test at k passes, else the residual sample
+         "gumbel":      d'_k = argmax(p_k / E_k) with the noise E_k kept per position
+    5. slots past the old window get initialised drafts: "random" over an id range (q uniform),
+       "horizontal" (the left neighbour) or "vertical" (the token one image row up; q one-hot).
+
+Every random draw of an iteration comes from ``draw_noise`` (one explicit generator), and
+``jacobi_step`` is a pure function of (state, logits, noise): fixed shapes, no host sync,
+ready to be compiled. Each row keeps its own accept length; finished rows idle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .decoding import Constraint, ModelFn, Prefix, Result, cfg_rows, check_args, check_id_range
+from .sampling import Sampler, exp_noise, probs, race
+
+Refresh = Literal["independent", "maximal", "gumbel"]
+Init = Literal["random", "horizontal", "vertical"]
+REFRESH_MODES = ("independent", "maximal", "gumbel")
+INIT_MODES = ("random", "horizontal", "vertical")
+
+
+@dataclasses.dataclass(frozen=True)
+class JacobiConfig:
+    window: int = 16  # W: tokens per model call; the paper's gains saturate near 16
+    refresh: Refresh = "independent"  # how unverified drafts are redrawn (see module doc)
+    init: Init = "random"  # how drafts for new window slots are made
+    row_width: int = 0  # tokens per image row (end-of-row token included), for "vertical"
+    draft_range: tuple[int, int] | None = None  # ids for "random" drafts; None = the constraint range
+
+    def __post_init__(self):
+        if self.window < 1:
+            raise ValueError(f"window must be >= 1, got {self.window}")
+        if self.refresh not in REFRESH_MODES:
+            raise ValueError(f"refresh must be one of {REFRESH_MODES}, got {self.refresh!r}")
+        if self.init not in INIT_MODES:
+            raise ValueError(f"init must be one of {INIT_MODES}, got {self.init!r}")
+        if self.init == "vertical" and self.row_width < 1:
+            raise ValueError("vertical draft initialisation needs row_width >= 1")
+
+
+# ----------------------------------------------------------------------------- state and noise
+
+
+def init_state(first: Int[Tensor, " b"], n_tokens: int, window: int, vocab: int) -> dict[str, Tensor]:
+    """Row state after the prefill's token: committed tokens and window drafts share `seq`."""
+    b, device = first.shape[0], first.device
+    seq = torch.zeros(b, n_tokens + window, dtype=torch.long, device=device)  # committed | drafts | spare
+    seq[:, 0] = first
+    return dict(
+        seq=seq,
+        n=torch.ones(b, dtype=torch.long, device=device),  # committed tokens per row
+        q=torch.zeros(b, window, vocab, device=device),  # draft distributions per slot (slot W-1: none)
+        noise=torch.ones(b, window, vocab, device=device),  # per-slot Exp(1) noise, kept by "gumbel"
+        fresh=torch.ones(b, window, dtype=torch.bool, device=device),  # slots still to be initialised
+    )
+
+
+def draw_noise(generator: torch.Generator, b: int, window: int, vocab: int, device=None) -> dict[str, Tensor]:
+    """All randomness one iteration consumes, drawn ahead of the (compilable) step."""
+    return dict(
+        u=torch.rand(b, window, generator=generator, device=device),  # acceptance tests
+        resid=exp_noise((b, window, vocab), generator, device),  # residual samples
+        refresh=exp_noise((b, window, vocab), generator, device),  # "independent" refresh
+        init=exp_noise((b, window, vocab), generator, device),  # new slots: random drafts, "gumbel" noise
+    )
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+def verify(
+    p: Float[Tensor, "b w v"], q: Float[Tensor, "b w v"], d: Int[Tensor, "b w"], u: Float[Tensor, "b w"],
+    noise: Float[Tensor, "b w v"],
+) -> tuple[Tensor, Tensor]:
+    """Speculative test at every slot: accept d ~ q for target p, else a sample of max(0, p - q)."""
+    pd, qd = p.gather(-1, d[..., None])[..., 0], q.gather(-1, d[..., None])[..., 0]
+    accept = (u * qd < pd) & (qd > 0)  # u < p(d) / q(d) without the division; slots without a draft fail
+    resid = (p - q).clamp_min(0)
+    resid = torch.where(resid.sum(-1, keepdim=True) > 0, resid, p)  # p == q up to rounding: sample p
+    return accept, race(resid, noise)
+
+
+def init_drafts(
+    seq: Int[Tensor, "b s"], n: Int[Tensor, " b"], fresh: Tensor, noise: Tensor, lo_all: Tensor, hi_all: Tensor,
+    cfg: JacobiConfig, vocab: int,
+) -> tuple[Tensor, Tensor]:
+    """Drafts (written into `seq`) and their q for the slots marked `fresh`, left to right."""
+    b, w = fresh.shape
+    ids = torch.arange(vocab, device=seq.device)
+    rows = torch.arange(b, device=seq.device)
+    q_new = torch.zeros(b, w, vocab, device=seq.device)
+    for k in range(w - 1):
+        pos = (n + k).clamp_max(lo_all.shape[0] - 1)  # b
+        lo, hi = lo_all[pos], hi_all[pos]  # allowed ids at this position
+        if cfg.draft_range is not None:
+            dlo, dhi = torch.full_like(lo, cfg.draft_range[0]), torch.full_like(hi, cfg.draft_range[1])
+        else:
+            dlo, dhi = lo, hi
+        forced = hi - lo == 1
+        dlo, dhi = torch.where(forced, lo, dlo), torch.where(forced, hi, dhi)
+        in_range = (ids >= dlo[:, None]) & (ids < dhi[:, None])  # b v
+        random = race(in_range.float(), noise[:, k])
+        q_random = in_range.float() / in_range.sum(-1, keepdim=True)
+        if cfg.init == "random":
+            draft, q = random, q_random
+        else:
+            back = 1 if cfg.init == "horizontal" else cfg.row_width
+            src = n + k - back
+            copy = seq[rows, src.clamp_min(0)]
+            ok = (src >= 0) & (copy >= lo) & (copy < hi)  # a copy must be a token this position allows
+            draft = torch.where(ok, copy, random)
+            q = torch.where(ok[:, None], (ids == copy[:, None]).float(), q_random)
+        f = fresh[:, k]
+        seq[rows, n + k] = torch.where(f, draft, seq[rows, n + k])
+        q_new[:, k] = q
+    return seq, q_new
+
+
+def jacobi_step(
+    state: dict[str, Tensor],
+    p: Float[Tensor, "b w v"],
+    noise: dict[str, Tensor],
+    lo_all: Int[Tensor, " s"],
+    hi_all: Int[Tensor, " s"],
+    n_tokens: int,
+    cfg: JacobiConfig,
+) -> tuple[dict[str, Tensor], Int[Tensor, " b"]]:
+    """Verify, commit, refresh and shift one window. Returns the new state and tokens committed per row."""
+    seq, n, q, kept = state["seq"].clone(), state["n"], state["q"], state["noise"]
+    b, w, vocab = p.shape
+    slot = torch.arange(w, device=p.device)
+    rows = torch.arange(b, device=p.device)[:, None]
+    d = seq.gather(1, n[:, None] + slot)  # b w (slot W-1 holds no draft; q there is 0)
+    accept, resid = verify(p, q, d, noise["u"], noise["resid"])
+    a = accept[:, : w - 1].long().cumprod(1).sum(1)  # b: leading accepted drafts
+    committed = torch.minimum(a + 1, n_tokens - n)  # finished rows commit nothing
+    x = resid.gather(1, a[:, None])[:, 0]
+    seq[rows[:, 0], n + a] = torch.where(committed > a, x, seq[rows[:, 0], n + a])  # resampled / bonus token
+
+    # 4. refreshed drafts for every slot (used where unverified, k > a)
+    if cfg.refresh == "maximal":
+        d_new = torch.where(accept, d, resid)
+        slot_noise = noise["refresh"]
+    else:
+        slot_noise = kept if cfg.refresh == "gumbel" else noise["refresh"]
+        d_new = race(p, slot_noise)
+
+    # shift the window by `committed`: new slot i <- old slot i + committed (if < W)
+    src = slot[None, :] + committed[:, None]  # b w
+    carried = src < w
+    srcc = src.clamp_max(w - 1)
+    n_new = n + committed
+    carried_draft = d_new.gather(1, srcc)
+    seq[rows, n_new[:, None] + slot] = torch.where(carried, carried_draft, seq[rows, n_new[:, None] + slot])
+    idx = srcc[..., None].expand(-1, -1, vocab)
+    q_carried = torch.where(carried[..., None], p.gather(1, idx), 0.0)
+    noise_carried = torch.where(carried[..., None], slot_noise.gather(1, idx), noise["init"])
+    fresh = ~carried
+    fresh[:, w - 1] = False  # the bonus slot never holds a draft
+    seq, q_init = init_drafts(seq, n_new, fresh, noise_carried, lo_all, hi_all, cfg, vocab)
+    q_next = torch.where(fresh[..., None], q_init, q_carried)
+    q_next[:, w - 1] = 0
+    return dict(seq=seq, n=n_new, q=q_next, noise=noise_carried, fresh=fresh), committed
+
+
+# ----------------------------------------------------------------------------- the decoder
+
+
+def sjd_decode(
+    model: ModelFn,
+    prefix: Prefix,
+    n_tokens: int,
+    sampler: Sampler,
+    constraint: Constraint,
+    generator: torch.Generator,
+    cfg: JacobiConfig = JacobiConfig(),
+    progress=None,
+) -> Result:
+    """Sample `n_tokens` tokens per row with a Jacobi window of `cfg.window` tokens."""
+    w = cfg.window
+    b = check_args(prefix, n_tokens, sampler, constraint, w)
+    vocab, device = prefix.logits.shape[-1], prefix.logits.device
+    if cfg.draft_range is not None:
+        check_id_range("draft_range", *cfg.draft_range, vocab)
+    padded = constraint.padded(w + 1, vocab)
+    lo_all, hi_all = padded.lo, padded.hi
+
+    p0 = probs(prefix.logits[:, None], sampler, lo_all[None, :1].expand(b, 1), hi_all[None, :1].expand(b, 1))
+    first = race(p0[:, 0], exp_noise(p0[:, 0].shape, generator, device))
+    state = init_state(first, n_tokens, w, vocab)
+    state["noise"] = exp_noise((b, w, vocab), generator, device)
+    state["seq"], state["q"] = init_drafts(
+        state["seq"], state["n"], state["fresh"], state["noise"], lo_all, hi_all, cfg, vocab
+    )
+    commit_call = torch.zeros(b, n_tokens + w, dtype=torch.long, device=device)
+    committed_log = [torch.ones(b, dtype=torch.long)]
+    slot = torch.arange(w, device=device)
+    calls, cache = 1, prefix.cache
+    while bool((state["n"] < n_tokens).any()):  # the one host sync per iteration
+        n = state["n"]
+        offset = n[:, None] - 1 + slot  # output offset of each window input
+        tokens = state["seq"].gather(1, offset)
+        cache = {**cache, "length": prefix.cache["length"] + cfg_rows(n - 1, sampler)}  # commit / roll back
+        logits, cache = model(cfg_rows(tokens, sampler), prefix.position[:, None] + cfg_rows(offset, sampler), cache)
+        calls += 1
+        out_pos = n[:, None] + slot
+        p = probs(logits, sampler, lo_all[out_pos], hi_all[out_pos])
+        state, committed = jacobi_step(
+            state, p, draw_noise(generator, b, w, vocab, device), lo_all, hi_all, n_tokens, cfg
+        )
+        mark = (slot[None, :] < committed[:, None]) & (out_pos < n_tokens)
+        commit_call.scatter_(1, out_pos, torch.where(mark, calls - 1, commit_call.gather(1, out_pos)))
+        committed_log.append(committed.cpu())
+        if progress is not None:
+            progress(min(int(state["n"].min()), n_tokens))
+    return Result(state["seq"][:, :n_tokens].clone(), calls, torch.stack(committed_log), commit_call[:, :n_tokens])

@@ -1,0 +1,320 @@
+"""One decoder-only transformer for LlamaGen, Lumina-mGPT (Chameleon) and Emu3.
+
+Pure functions over a nested dict of tensors (picoGPT / jax-llm-examples
+style): ``init_params(config, generator)`` makes the dict, ``forward(params,
+config, x, positions, cache)`` runs a window of tokens against a static KV
+cache (gpt-fast style). The three families differ only in config switches:
+
+* LlamaGen: 2D RoPE on interleaved pairs, condition positions un-rotated *and
+  zeroed*; class or caption condition embeddings (``embed_condition``).
+* Chameleon / Lumina-mGPT: per-head LayerNorm qk-norm with bias, applied
+  before RoPE; 34B places the norms after attention / MLP ("post").
+* Emu3: plain Llama with grouped-query attention and RoPE theta 1e6.
+
+References: LlamaGen (arXiv 2406.06525), Chameleon (arXiv 2405.09818),
+Lumina-mGPT (arXiv 2408.02657), Emu3 (arXiv 2409.18869).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+Params = dict  # nested dict of tensors; keys are the names used below
+Cache = dict  # {"k", "v": [layers, b, kv_heads, S, head_dim], "valid": [b, S], "length": [b]}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    vocab_size: int  # rows of the embedding table and of the output head
+    dim: int  # residual stream width
+    n_layers: int  # transformer blocks
+    n_heads: int  # query heads; head_dim = dim // n_heads
+    ffn_dim: int  # SwiGLU hidden width
+    n_kv_heads: int | None = None  # key/value heads (GQA, Emu3); None = n_heads
+    norm_eps: float = 1e-5  # RMSNorm epsilon (statistics in float32)
+    rope_theta: float = 10000.0  # RoPE base (Emu3: 1e6)
+    rope: Literal["1d", "2d"] = "1d"  # "2d": LlamaGen (row, column) rotation of image tokens
+    rope_interleaved: bool = False  # rotate (2i, 2i+1) pairs (LlamaGen) vs the two halves (Llama/HF)
+    rope_grid: int = 0  # "2d": side of the image token grid; token k sits at (k // grid, k % grid)
+    cond_len: int = 0  # leading condition positions: "2d" RoPE gives them cos = sin = 0 (LlamaGen)
+    qk_norm: bool = False  # per-head LayerNorm (with bias) on q and k before RoPE (Chameleon)
+    qk_norm_eps: float = 1e-5  # its epsilon, fixed in Chameleon, independent of norm_eps
+    norm_placement: Literal["pre", "post"] = "pre"  # "post": Chameleon-34B swin_norm, x + norm(f(x))
+    cond: Literal["none", "class", "caption"] = "none"  # LlamaGen condition embedder
+    num_classes: int = 0  # "class": ImageNet classes; table row num_classes is the null class
+    caption_dim: int = 0  # "caption": width of the text features (flan-t5-xl: 2048)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    def __post_init__(self):
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim {self.dim} is not a multiple of n_heads {self.n_heads}")
+        if self.n_heads % self.kv_heads:
+            raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.kv_heads}")
+        if self.rope == "2d" and (self.rope_grid < 1 or self.head_dim % 4):
+            raise ValueError("2d RoPE needs rope_grid >= 1 and head_dim divisible by 4")
+
+
+def _find_multiple(n: int, k: int) -> int:
+    return n if n % k == 0 else n + k - n % k
+
+
+def llamagen_ffn(dim: int) -> int:
+    """LlamaGen's SwiGLU width: 2/3 of 4*dim, rounded up to a multiple of 256."""
+    return _find_multiple(int(2 * 4 * dim / 3), 256)
+
+
+# Published sizes. Family fields (rope, cond, vocabulary) are filled by the model files.
+PRESETS: dict[str, dict] = {
+    "llamagen-B": dict(dim=768, n_layers=12, n_heads=12, ffn_dim=llamagen_ffn(768)),
+    "llamagen-L": dict(dim=1024, n_layers=24, n_heads=16, ffn_dim=llamagen_ffn(1024)),
+    "llamagen-XL": dict(dim=1280, n_layers=36, n_heads=20, ffn_dim=llamagen_ffn(1280)),
+    "llamagen-XXL": dict(dim=1536, n_layers=48, n_heads=24, ffn_dim=llamagen_ffn(1536)),
+    "llamagen-3B": dict(dim=3200, n_layers=24, n_heads=32, ffn_dim=llamagen_ffn(3200)),
+    "lumina-mgpt-7B": dict(dim=4096, n_layers=32, n_heads=32, ffn_dim=11008, vocab_size=65536, qk_norm=True),
+    "lumina-mgpt-34B": dict(
+        dim=8192, n_layers=48, n_heads=64, n_kv_heads=8, ffn_dim=22016, vocab_size=65536,
+        qk_norm=True, norm_placement="post",
+    ),
+    "emu3-gen-8B": dict(
+        dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_dim=14336, vocab_size=184622, rope_theta=1e6,
+    ),
+}
+
+
+def param_count(params: Params) -> int:
+    """Number of scalars in a (nested) parameter dict."""
+    if isinstance(params, Tensor):
+        return params.numel()
+    items = params.values() if isinstance(params, dict) else params
+    return sum(param_count(p) for p in items)
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def init_params(config: Config, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> Params:
+    """Random parameters (normal / sqrt(fan_in)); the key layout every converter writes."""
+    c = config
+
+    def mat(rows: int, cols: int) -> Tensor:
+        return torch.randn(rows, cols, generator=generator, dtype=dtype) / math.sqrt(cols)
+
+    def norm(*shape: int) -> Tensor:
+        return torch.ones(*shape, dtype=dtype)
+
+    layers = []
+    for _ in range(c.n_layers):
+        attn = dict(
+            wq=mat(c.n_heads * c.head_dim, c.dim),
+            wk=mat(c.kv_heads * c.head_dim, c.dim),
+            wv=mat(c.kv_heads * c.head_dim, c.dim),
+            wo=mat(c.dim, c.n_heads * c.head_dim),
+        )
+        if c.qk_norm:
+            attn["q_norm"] = dict(w=norm(c.n_heads, c.head_dim), b=torch.zeros(c.n_heads, c.head_dim, dtype=dtype))
+            attn["k_norm"] = dict(w=norm(c.kv_heads, c.head_dim), b=torch.zeros(c.kv_heads, c.head_dim, dtype=dtype))
+        mlp = dict(w_gate=mat(c.ffn_dim, c.dim), w_up=mat(c.ffn_dim, c.dim), w_down=mat(c.dim, c.ffn_dim))
+        layers.append(dict(attn_norm=norm(c.dim), attn=attn, mlp_norm=norm(c.dim), mlp=mlp))
+    params: Params = dict(
+        embed=torch.randn(c.vocab_size, c.dim, generator=generator, dtype=dtype),
+        layers=layers,
+        norm=norm(c.dim),
+        head=mat(c.vocab_size, c.dim),
+    )
+    if c.cond == "class":
+        params["cond"] = dict(table=torch.randn(c.num_classes + 1, c.dim, generator=generator, dtype=dtype))
+    elif c.cond == "caption":
+        params["cond"] = dict(
+            fc1=mat(c.dim, c.caption_dim),
+            fc2=mat(c.dim, c.dim),
+            null=torch.randn(c.cond_len, c.caption_dim, generator=generator, dtype=dtype) / math.sqrt(c.caption_dim),
+        )
+    return params
+
+
+# ----------------------------------------------------------------------------- condition embeddings
+
+
+def embed_condition(params: Params, config: Config, cond: Tensor) -> Float[Tensor, "b c d"]:
+    """LlamaGen condition tokens: class ids [b] -> [b, 1, d]; caption features [b, c, e] -> [b, c, d].
+
+    The null class is id ``num_classes``; the null caption is ``params["cond"]["null"]``."""
+    p = params["cond"]
+    if config.cond == "class":
+        return p["table"][cond][:, None, :]  # b 1 d
+    if config.cond == "caption":
+        h = F.gelu(cond.to(p["fc1"].dtype) @ p["fc1"].T, approximate="tanh")  # b c d
+        return h @ p["fc2"].T
+    raise ValueError("this model has no condition embedder (config.cond == 'none')")
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def rms_norm(x: Float[Tensor, "... d"], w: Float[Tensor, " d"], eps: float) -> Float[Tensor, "... d"]:
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x) * w
+
+
+def head_layer_norm(x: Float[Tensor, "b h t e"], w: Float[Tensor, "h e"], b: Float[Tensor, "h e"], eps: float):
+    """LayerNorm over head_dim with a separate affine per head (Chameleon qk-norm)."""
+    x = F.layer_norm(x, x.shape[-1:], eps=eps)
+    return x * w[:, None, :] + b[:, None, :]
+
+
+def rope_angles(config: Config, positions: Int[Tensor, "b t"]) -> tuple[Float[Tensor, "b t f"], Float[Tensor, "b t f"]]:
+    """cos and sin of the rotation angles, f = head_dim / 2 frequency pairs."""
+    c = config
+    pos = positions.float()
+    if c.rope == "1d":
+        inv = 1.0 / (c.rope_theta ** (torch.arange(0, c.head_dim, 2, device=pos.device).float() / c.head_dim))
+        ang = pos[..., None] * inv  # b t f
+        return ang.cos(), ang.sin()
+    # 2d (LlamaGen): head_dim/4 frequencies for the row, the same for the column.
+    half = c.head_dim // 2
+    inv = 1.0 / (c.rope_theta ** (torch.arange(0, half, 2, device=pos.device)[: half // 2].float() / half))
+    k = positions - c.cond_len  # image token index; < 0 for condition positions
+    row, col = (k // c.rope_grid).float(), (k % c.rope_grid).float()
+    ang = torch.cat([row[..., None] * inv, col[..., None] * inv], dim=-1)  # b t f
+    keep = (k >= 0).float()[..., None]  # condition positions: cos = sin = 0 (their q, k vanish)
+    return ang.cos() * keep, ang.sin() * keep
+
+
+def apply_rope(x: Float[Tensor, "b h t e"], cos: Float[Tensor, "b t f"], sin: Float[Tensor, "b t f"], interleaved: bool):
+    xf = x.float()
+    if interleaved:
+        x1, x2 = xf[..., 0::2], xf[..., 1::2]
+    else:
+        x1, x2 = xf.chunk(2, dim=-1)
+    cos, sin = cos[:, None], sin[:, None]  # b 1 t f
+    y1, y2 = x1 * cos - x2 * sin, x2 * cos + x1 * sin
+    y = torch.stack([y1, y2], dim=-1).flatten(-2) if interleaved else torch.cat([y1, y2], dim=-1)
+    return y.type_as(x)
+
+
+def attention(p: Params, c: Config, x, cos, sin, layer_k, layer_v, slots, mask):
+    """Self-attention of a window against the layer's cache. Writes the window's k, v at `slots`."""
+    q = rearrange(x @ p["wq"].T, "b t (h e) -> b h t e", e=c.head_dim)
+    k = rearrange(x @ p["wk"].T, "b t (h e) -> b h t e", e=c.head_dim)
+    v = rearrange(x @ p["wv"].T, "b t (h e) -> b h t e", e=c.head_dim)
+    if c.qk_norm:
+        q = head_layer_norm(q, p["q_norm"]["w"], p["q_norm"]["b"], c.qk_norm_eps)
+        k = head_layer_norm(k, p["k_norm"]["w"], p["k_norm"]["b"], c.qk_norm_eps)
+    q, k = apply_rope(q, cos, sin, c.rope_interleaved), apply_rope(k, cos, sin, c.rope_interleaved)
+    idx = slots[:, None, :, None].expand(-1, c.kv_heads, -1, c.head_dim)  # b g t e
+    layer_k.scatter_(2, idx, k.to(layer_k.dtype))  # static cache: write in place at tensor positions
+    layer_v.scatter_(2, idx, v.to(layer_v.dtype))
+    o = F.scaled_dot_product_attention(
+        q, layer_k.to(q.dtype), layer_v.to(q.dtype), attn_mask=mask[:, None], enable_gqa=c.kv_heads != c.n_heads
+    )  # b h t e
+    return rearrange(o, "b h t e -> b t (h e)") @ p["wo"].T
+
+
+def mlp(p: Params, x):
+    return (F.silu(x @ p["w_gate"].T) * (x @ p["w_up"].T)) @ p["w_down"].T
+
+
+# ----------------------------------------------------------------------------- cache and forward
+
+
+def init_cache(config: Config, batch: int, max_len: int, dtype=torch.float32, device=None) -> Cache:
+    """A static KV cache for `max_len` slots per row; `length` is where the next window is written."""
+    shape = (config.n_layers, batch, config.kv_heads, max_len, config.head_dim)
+    return dict(
+        k=torch.zeros(shape, dtype=dtype, device=device),
+        v=torch.zeros(shape, dtype=dtype, device=device),
+        valid=torch.zeros(batch, max_len, dtype=torch.bool, device=device),
+        length=torch.zeros(batch, dtype=torch.long, device=device),
+    )
+
+
+def forward(
+    params: Params,
+    config: Config,
+    x: Int[Tensor, "b t"] | Float[Tensor, "b t d"],
+    positions: Int[Tensor, "b t"],
+    cache: Cache,
+    mask: Bool[Tensor, "b t"] | None = None,
+) -> tuple[Float[Tensor, "b t v"], Cache]:
+    """Logits for a window of tokens (ids, or embeddings for condition tokens).
+
+    Row r's window occupies cache slots ``cache["length"][r] + arange(t)`` and attends to every
+    earlier valid slot. ``positions`` are the RoPE positions (they differ from slots under left
+    padding). ``mask`` marks padding (False) among the new tokens; a padded slot stays visible only
+    to itself, as in LlamaGen. The cache comes back with the window written and ``length``
+    unchanged: moving ``length`` (commit or roll back) is the caller's decision.
+    """
+    c = config
+    b, t = x.shape[:2]
+    h = params["embed"][x] if not x.is_floating_point() else x.to(params["embed"].dtype)  # b t d
+    slots = cache["length"][:, None] + torch.arange(t, device=h.device)  # b t
+    valid = cache["valid"].scatter(1, slots, mask if mask is not None else torch.ones_like(slots, dtype=torch.bool))
+    key_slot = torch.arange(valid.shape[1], device=h.device)  # S
+    attend = (key_slot <= slots[..., None]) & (valid[:, None, :] | (key_slot == slots[..., None]))  # b t S
+    cos, sin = rope_angles(c, positions)
+    for i, layer in enumerate(params["layers"]):
+        if c.norm_placement == "pre":
+            h = h + attention(layer["attn"], c, rms_norm(h, layer["attn_norm"], c.norm_eps), cos, sin,
+                              cache["k"][i], cache["v"][i], slots, attend)
+            h = h + mlp(layer["mlp"], rms_norm(h, layer["mlp_norm"], c.norm_eps))
+        else:
+            a = attention(layer["attn"], c, h, cos, sin, cache["k"][i], cache["v"][i], slots, attend)
+            h = h + rms_norm(a, layer["attn_norm"], c.norm_eps)
+            h = h + rms_norm(mlp(layer["mlp"], h), layer["mlp_norm"], c.norm_eps)
+    logits = (rms_norm(h, params["norm"], c.norm_eps) @ params["head"].T).float()
+    return logits, {**cache, "valid": valid}
+
+
+def full_forward(
+    params: Params,
+    config: Config,
+    x: Int[Tensor, "b t"] | Float[Tensor, "b t d"],
+    positions: Int[Tensor, "b t"],
+    mask: Bool[Tensor, "b t"] | None = None,
+) -> Float[Tensor, "b t v"]:
+    """Teacher-forced logits of a whole sequence (a cache of exactly its length)."""
+    dtype = params["embed"].dtype
+    cache = init_cache(config, x.shape[0], x.shape[1], dtype=dtype, device=x.device)
+    return forward(params, config, x, positions, cache, mask)[0]
+
+
+def prefill(
+    params: Params,
+    config: Config,
+    x: Int[Tensor, "b t"] | Float[Tensor, "b t d"],
+    positions: Int[Tensor, "b t"],
+    capacity: int,
+    mask: Bool[Tensor, "b t"] | None = None,
+):
+    """Run the prompt into a fresh cache of `capacity` slots; the state every decoder starts from."""
+    from .decoding import Prefix
+
+    b, t = x.shape[:2]
+    if t < 1:
+        raise ValueError("the prompt is empty")
+    if t >= capacity:
+        raise ValueError(f"a prompt of {t} tokens leaves no room in a cache of {capacity} slots")
+    cache = init_cache(config, b, capacity, dtype=params["embed"].dtype, device=x.device)
+    logits, cache = forward(params, config, x, positions, cache, mask)
+    cache["length"] = torch.full((b,), t, dtype=torch.long, device=x.device)
+    return Prefix(logits[:, -1], cache, positions[:, -1] + 1, capacity)
+
+
+def model_fn(params: Params, config: Config):
+    """The transformer as the decoders see it: (tokens, positions, cache) -> (logits, cache)."""
+    return lambda tokens, positions, cache: forward(params, config, tokens, positions, cache)

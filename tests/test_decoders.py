@@ -1,0 +1,174 @@
+"""Decoder contracts: seeds fix tokens, W = 1 is AR, statistics add up, bad arguments fail early."""
+
+import pytest
+import torch
+
+from sjd_min import transformer as T
+from sjd_min.ar import ar_decode
+from sjd_min.decoding import Constraint
+from sjd_min.sampling import Sampler
+from sjd_min.sjd import INIT_MODES, REFRESH_MODES, JacobiConfig, sjd_decode
+
+from toy import ToyModel
+
+CFG = T.Config(vocab_size=40, dim=32, n_layers=2, n_heads=4, ffn_dim=64, qk_norm=True)
+PARAMS = T.init_params(CFG, torch.Generator().manual_seed(0))
+PROMPT = torch.randint(0, 40, (2, 5), generator=torch.Generator().manual_seed(1))
+N = 24
+
+
+def prefix(sampler=Sampler(), capacity=5 + N + 16, prompt=PROMPT):
+    rows = torch.cat([prompt, prompt.flip(1)]) if sampler.cfg else prompt
+    return T.prefill(PARAMS, CFG, rows, torch.arange(rows.shape[1]).expand_as(rows), capacity)
+
+
+def sjd(seed, sampler=Sampler(top_k=8), **jc):
+    return sjd_decode(T.model_fn(PARAMS, CFG), prefix(sampler), N, sampler, Constraint.free(N, 40),
+                      torch.Generator().manual_seed(seed), JacobiConfig(**jc))
+
+
+@pytest.mark.parametrize("refresh", REFRESH_MODES)
+@pytest.mark.parametrize("init", INIT_MODES)
+def test_same_seed_same_tokens(refresh, init):
+    a = sjd(5, window=6, refresh=refresh, init=init, row_width=4)
+    b = sjd(5, window=6, refresh=refresh, init=init, row_width=4)
+    assert torch.equal(a.tokens, b.tokens) and a.forward_calls == b.forward_calls
+    c = sjd(6, window=6, refresh=refresh, init=init, row_width=4)
+    assert not torch.equal(a.tokens, c.tokens)
+
+
+def test_ar_same_seed_same_tokens():
+    s = Sampler(top_k=8, cfg_scale=2.0)
+    run = lambda seed: ar_decode(T.model_fn(PARAMS, CFG), prefix(s), N, s, Constraint.free(N, 40),
+                                 torch.Generator().manual_seed(seed))
+    assert torch.equal(run(1).tokens, run(1).tokens) and not torch.equal(run(1).tokens, run(2).tokens)
+
+
+@pytest.mark.parametrize("refresh", REFRESH_MODES)
+def test_window_one_is_one_call_per_token(refresh):
+    out = sjd(0, window=1, refresh=refresh)
+    assert out.forward_calls == N
+    assert out.committed.sum(0).tolist() == [N, N]
+    assert torch.equal(out.commit_call, torch.arange(N).expand(2, N))
+
+
+def test_statistics_add_up():
+    model = ToyModel(5, seed=0)
+    calls_before = model.calls
+    out = sjd_decode(model, model.prefix([[1, 2, 3]] * 3, 3 + 12 + 8), 12, Sampler(), Constraint.free(12, 5),
+                     torch.Generator().manual_seed(0), JacobiConfig(window=8, refresh="maximal"))
+    assert out.forward_calls == model.calls - calls_before + 1  # + the prefill
+    assert out.committed.shape == (out.forward_calls, 3)
+    assert out.committed.sum(0).tolist() == [12, 12, 12]
+    assert (out.committed.max(0).values <= 8).all()
+    # commit_call is non-decreasing along a row and agrees with the per-call counts
+    assert (out.commit_call.diff(dim=1) >= 0).all()
+    for r in range(3):
+        counts = torch.bincount(out.commit_call[r], minlength=out.forward_calls)
+        assert torch.equal(counts, out.committed[:, r])
+    assert out.step_compression == 12 / out.forward_calls
+
+
+def test_forced_tokens_and_ranges_are_obeyed_by_every_decoder():
+    c = Constraint.range(N, 10, 30)
+    for t in range(5, N, 6):
+        c = c.force(t, 1)  # an "end of row" token every 6 positions
+    s = Sampler(temperature=1.5)
+    outs = [ar_decode(T.model_fn(PARAMS, CFG), prefix(), N, s, c, torch.Generator().manual_seed(0))]
+    for refresh in REFRESH_MODES:
+        for init in INIT_MODES:
+            outs.append(sjd_decode(T.model_fn(PARAMS, CFG), prefix(), N, s, c, torch.Generator().manual_seed(0),
+                                   JacobiConfig(window=5, refresh=refresh, init=init, row_width=6)))
+    for out in outs:
+        assert (out.tokens[:, 5::6] == 1).all()
+        rest = torch.cat([out.tokens[:, i::6] for i in range(5)], 1)
+        assert ((rest >= 10) & (rest < 30)).all()
+
+
+def test_vertical_drafts_speed_up_a_repetitive_model():
+    """A model whose rows repeat: vertical drafts must be accepted far more often than random ones."""
+    width = 6
+
+    def model(tokens, positions, cache):  # next token = the token one row up (deterministic)
+        slots = cache["length"][:, None] + torch.arange(tokens.shape[1])
+        buf = cache["tokens"].scatter(1, slots, tokens)
+        up = buf.gather(1, (slots + 1 - width).clamp_min(0))
+        return torch.nn.functional.one_hot(up, 8).float() * 30, {**cache, "tokens": buf}
+
+    n = 4 * width
+    def run(init):
+        cache = dict(tokens=torch.zeros(1, 1 + n + 8, dtype=torch.long), length=torch.ones(1, dtype=torch.long))
+        from sjd_min.decoding import Prefix
+        pre = Prefix(torch.randn(1, 8), cache, torch.ones(1, dtype=torch.long), 1 + n + 8)
+        return sjd_decode(model, pre, n, Sampler(), Constraint.free(n, 8), torch.Generator().manual_seed(0),
+                          JacobiConfig(window=8, init=init, row_width=width))
+    assert run("vertical").forward_calls < run("random").forward_calls
+
+
+# ----------------------------------------------------------------------------- bad arguments
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(temperature=0.0), "temperature"),
+    (dict(temperature=-1.0), "temperature"),
+    (dict(top_k=0), "top_k"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=1.5), "top_p"),
+])
+def test_bad_sampler_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Sampler(**kwargs)
+
+
+def test_bad_window():
+    with pytest.raises(ValueError, match="window"):
+        JacobiConfig(window=0)
+    with pytest.raises(ValueError, match="row_width"):
+        JacobiConfig(init="vertical")
+
+
+def test_output_longer_than_the_cache():
+    with pytest.raises(ValueError, match="cache slots"):
+        sjd_decode(T.model_fn(PARAMS, CFG), prefix(capacity=5 + N), N, Sampler(), Constraint.free(N, 40),
+                   torch.Generator(), JacobiConfig(window=4))
+    with pytest.raises(ValueError, match="cache slots"):
+        ar_decode(T.model_fn(PARAMS, CFG), prefix(capacity=5 + N - 2), N, Sampler(), Constraint.free(N, 40),
+                  torch.Generator())
+
+
+def test_empty_prefix():
+    with pytest.raises(ValueError, match="empty"):
+        T.prefill(PARAMS, CFG, PROMPT[:, :0], PROMPT[:, :0], 10)
+    model = ToyModel(4, 0)
+    pre = model.prefix([[1]], 10)
+    pre.cache["length"] = torch.zeros(1, dtype=torch.long)
+    with pytest.raises(ValueError, match="empty"):
+        ar_decode(model, pre, 3, Sampler(), Constraint.free(3, 4), torch.Generator())
+
+
+def test_mismatched_batch_sizes():
+    pre = prefix()
+    pre.position = pre.position[:1]
+    with pytest.raises(ValueError, match="shape"):
+        sjd_decode(T.model_fn(PARAMS, CFG), pre, N, Sampler(), Constraint.free(N, 40), torch.Generator())
+    with pytest.raises(ValueError, match="CFG"):  # CFG needs an even number of rows
+        ar_decode(T.model_fn(PARAMS, CFG), prefix(prompt=PROMPT[:1]), N, Sampler(cfg_scale=2.0),
+                  Constraint.free(N, 40), torch.Generator())
+
+
+def test_id_ranges_outside_the_vocabulary():
+    with pytest.raises(ValueError, match="vocabulary"):
+        sjd_decode(T.model_fn(PARAMS, CFG), prefix(), N, Sampler(), Constraint.range(N, 0, 41), torch.Generator())
+    with pytest.raises(ValueError, match="vocabulary"):
+        sjd_decode(T.model_fn(PARAMS, CFG), prefix(), N, Sampler(), Constraint.free(N, 40), torch.Generator(),
+                   JacobiConfig(draft_range=(30, 50)))
+    with pytest.raises(ValueError, match="exactly"):
+        ar_decode(T.model_fn(PARAMS, CFG), prefix(), N, Sampler(), Constraint.free(N - 1, 40), torch.Generator())
+
+
+def test_errors_come_before_any_model_call():
+    model = ToyModel(4, 0)
+    pre = model.prefix([[1, 2]], 6)
+    with pytest.raises(ValueError):
+        sjd_decode(model, pre, 5, Sampler(), Constraint.free(5, 4), torch.Generator(), JacobiConfig(window=4))
+    assert model.calls == 0
