@@ -1,0 +1,148 @@
+"""The project's own weights format: a folder with ``config.json`` and safetensors files whose
+keys are the flattened parameter-dict paths (``layers.0.attn.wq``).
+
+Converters write folders with ``write_folder`` (a temporary folder, then one rename: a reader
+never sees half a folder); everything loads through ``read_folder``, which names what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+
+def flatten(tree, prefix: str = "") -> dict[str, Tensor]:
+    """Nested dicts / lists of tensors -> {"a.0.b": tensor}."""
+    if isinstance(tree, Tensor):
+        return {prefix[:-1]: tree}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+    out: dict[str, Tensor] = {}
+    for k, v in items:
+        out.update(flatten(v, f"{prefix}{k}."))
+    return out
+
+
+def unflatten(flat: dict[str, Tensor]):
+    """Inverse of `flatten`: numeric path parts become list indices."""
+    root: dict = {}
+    for key, value in flat.items():
+        node = root
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+
+    def listify(node):
+        if not isinstance(node, dict):
+            return node
+        node = {k: listify(v) for k, v in node.items()}
+        if node and all(k.isdigit() for k in node):
+            return [node[str(i)] for i in range(len(node))]
+        return node
+
+    return listify(root)
+
+
+class WeightsError(ValueError):
+    """A weights folder that is missing, incomplete or of another model."""
+
+
+def write_folder(out: str | os.PathLike, config: dict, tensors: dict[str, dict], extra_files: dict | None = None,
+                 overwrite: bool = False) -> Path:
+    """Write config.json, one ``NAME.safetensors`` per entry of `tensors` (each a nested dict) and
+    `extra_files` ({name: source path or bytes}) into `out`, atomically."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (--force) to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for name, tree in tensors.items():
+            flat = {k: v.detach().contiguous() for k, v in flatten(tree).items()}
+            save_file(flat, str(tmp / f"{name}.safetensors"))
+        for name, src in (extra_files or {}).items():
+            if isinstance(src, bytes):
+                (tmp / name).write_bytes(src)
+            else:
+                shutil.copyfile(src, tmp / name)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+HOW_TO_MAKE = (
+    "Make one with `make tiny-model` (the embedded default) or convert released weights with the "
+    "scripts in convert/ (see README)."
+)
+
+
+def read_folder(folder: str | os.PathLike, names: list[str], device="cpu") -> tuple[dict, dict[str, dict]]:
+    """(config, {name: nested params}) from a folder written by `write_folder`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise WeightsError(f"weights folder {folder} does not exist. {HOW_TO_MAKE}")
+    missing = [f for f in ["config.json"] + [f"{n}.safetensors" for n in names] if not (folder / f).is_file()]
+    if missing:
+        raise WeightsError(f"weights folder {folder} is incomplete: missing {', '.join(missing)}. {HOW_TO_MAKE}")
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise WeightsError(f"{folder / 'config.json'} is not valid JSON ({e}). {HOW_TO_MAKE}") from e
+    tensors = {}
+    for n in names:
+        try:
+            tensors[n] = unflatten(load_file(str(folder / f"{n}.safetensors"), device=str(device)))
+        except Exception as e:  # safetensors raises its own error types for truncated files
+            raise WeightsError(f"{folder / (n + '.safetensors')} cannot be read ({e}). {HOW_TO_MAKE}") from e
+    return config, tensors
+
+
+def check_tree(params, expected, where: str = "") -> list[str]:
+    """Every difference between two nested parameter dicts: missing, unexpected, wrong shape."""
+    problems = []
+    if isinstance(expected, Tensor):
+        if not isinstance(params, Tensor):
+            return [f"{where[:-1]}: expected a tensor"]
+        if params.shape != expected.shape:
+            problems.append(f"{where[:-1]}: shape {tuple(params.shape)}, expected {tuple(expected.shape)}")
+        return problems
+    flat_p, flat_e = flatten(params, where), flatten(expected, where)
+    problems += [f"missing {k}" for k in flat_e if k not in flat_p]
+    problems += [f"unexpected {k}" for k in flat_p if k not in flat_e]
+    problems += [
+        f"{k}: shape {tuple(flat_p[k].shape)}, expected {tuple(flat_e[k].shape)}"
+        for k in flat_e if k in flat_p and flat_p[k].shape != flat_e[k].shape
+    ]
+    return problems
+
+
+def load_torch_file(path: str | os.PathLike) -> dict:
+    """A released ``.pt`` / ``.ckpt`` with ``weights_only=True``, with a clear message where that fails."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(
+            f"{path} could not be read as a plain-tensor checkpoint ({type(e).__name__}: {e}). If it is a "
+            f"truncated download, fetch it again; if it holds pickled objects, load it yourself in a trusted "
+            f"environment and re-save its state dict with torch.save."
+        ) from e
