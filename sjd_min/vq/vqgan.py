@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -61,15 +62,24 @@ def swish(x: Tensor) -> Tensor:
     return x * torch.sigmoid(x)
 
 
-def res_block(p: Params, x: Tensor, c: VQConfig) -> Tensor:
-    h = conv(p["conv1"], swish(group_norm(p["norm1"], x, c)))
-    h = conv(p["conv2"], swish(group_norm(p["norm2"], h, c)))
+Norm = Callable[[Params, Tensor], Tensor]  # (norm params, x) -> normalised x
+
+
+def _group_norm_of(c: VQConfig) -> Norm:
+    return lambda p, x: group_norm(p, x, c)
+
+
+def res_block(p: Params, x: Tensor, c: VQConfig, norm: Norm | None = None) -> Tensor:
+    """`norm` replaces the GroupNorms (Emu3's decoder: SpatialNorm); None = GroupNorm."""
+    norm = norm or _group_norm_of(c)
+    h = conv(p["conv1"], swish(norm(p["norm1"], x)))
+    h = conv(p["conv2"], swish(norm(p["norm2"], h)))
     return (conv(p["shortcut"], x) if "shortcut" in p else x) + h
 
 
-def attn_block(p: Params, x: Tensor, c: VQConfig) -> Tensor:
+def attn_block(p: Params, x: Tensor, c: VQConfig, norm: Norm | None = None) -> Tensor:
     """Single-head self-attention over all positions, 1x1-conv projections, residual."""
-    h = group_norm(p["norm"], x, c)
+    h = (norm or _group_norm_of(c))(p["norm"], x)
     q, k, v = (rearrange(conv(p[n], h), "b c y x -> b (y x) c") for n in ("q", "k", "v"))
     w = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(x.shape[1]), dim=-1)  # b n n
     o = rearrange(w @ v, "b (y x) c -> b c y x", y=x.shape[2])
@@ -84,11 +94,11 @@ def downsample(p: Params, x: Tensor) -> Tensor:
     return conv(p, F.pad(x, (0, 1, 0, 1)), stride=2, padding=0)
 
 
-def _mid(p: Params, h: Tensor, c: VQConfig) -> Tensor:
-    h = res_block(p["res1"], h, c)
+def _mid(p: Params, h: Tensor, c: VQConfig, norm: Norm | None = None) -> Tensor:
+    h = res_block(p["res1"], h, c, norm)
     if c.mid_attn:
-        h = attn_block(p["attn"], h, c)
-    return res_block(p["res2"], h, c)
+        h = attn_block(p["attn"], h, c, norm)
+    return res_block(p["res2"], h, c, norm)
 
 
 # ----------------------------------------------------------------------------- codes <-> latents
@@ -117,22 +127,31 @@ def decode(params: Params, config: VQConfig, codes: Int[Tensor, "b h w"]) -> Flo
 
 
 def decode_latent(params: Params, config: VQConfig, zq: Float[Tensor, "b e h w"]) -> Float[Tensor, "b 3 H W"]:
-    c, p = config, params["decoder"]
-    h = conv(p["conv_in"], conv(params["post_quant_conv"], zq))
-    h = _mid(p["mid"], h, c)
+    return decoder_trunk(params["decoder"], config, conv(params["post_quant_conv"], zq))
+
+
+def decoder_trunk(p: Params, c: VQConfig, z: Float[Tensor, "b z h w"], norm: Norm | None = None) -> Float[Tensor, "b 3 H W"]:
+    """The 2D decoder after post_quant_conv: conv_in, mid, levels, norm, swish, conv_out."""
+    norm = norm or _group_norm_of(c)
+    h = conv(p["conv_in"], z)
+    h = _mid(p["mid"], h, c, norm)
     for level in p["levels"]:  # lowest resolution first
         for i, rb in enumerate(level["res"]):
-            h = res_block(rb, h, c)
+            h = res_block(rb, h, c, norm)
             if "attn" in level:
-                h = attn_block(level["attn"][i], h, c)
+                h = attn_block(level["attn"][i], h, c, norm)
         if "up" in level:
             h = upsample(level["up"], h)
-    return conv(p["conv_out"], swish(group_norm(p["norm_out"], h, c)))
+    return conv(p["conv_out"], swish(norm(p["norm_out"], h)))
 
 
 def encode_latent(params: Params, config: VQConfig, image: Float[Tensor, "b 3 H W"]) -> Float[Tensor, "b e h w"]:
     """Pixels to the continuous latent (before quantisation)."""
-    c, p = config, params["encoder"]
+    return conv(params["quant_conv"], encoder_trunk(params["encoder"], config, image))
+
+
+def encoder_trunk(p: Params, c: VQConfig, image: Float[Tensor, "b 3 H W"]) -> Float[Tensor, "b z h w"]:
+    """The 2D encoder before quant_conv: conv_in, levels, mid, norm, swish, conv_out."""
     h = conv(p["conv_in"], image)
     for level in p["levels"]:  # highest resolution first
         for i, rb in enumerate(level["res"]):
@@ -142,8 +161,7 @@ def encode_latent(params: Params, config: VQConfig, image: Float[Tensor, "b 3 H 
         if "down" in level:
             h = downsample(level["down"], h)
     h = _mid(p["mid"], h, c)
-    h = conv(p["conv_out"], swish(group_norm(p["norm_out"], h, c)))
-    return conv(params["quant_conv"], h)
+    return conv(p["conv_out"], swish(group_norm(p["norm_out"], h, c)))
 
 
 def encode(params: Params, config: VQConfig, image: Float[Tensor, "b 3 H W"]) -> Int[Tensor, "b h w"]:
