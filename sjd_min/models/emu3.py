@@ -1,0 +1,179 @@
+"""Emu3-Gen text-to-image: prompt, image layout, CFG with a negative prompt, vision-tokenizer decoding.
+
+One image is the token sequence (ids read from the converted folder's config.json)
+
+    prompt:  <bos> text + POSITIVE <image start> "{h}*{w}" <image token>     (prefilled)
+    output:  h rows of [w visual tokens, <eol>], then <eof> <eoi> <eos>       (n = h (w + 1) + 3)
+
+with h = H / 8, w = W / 8 (8-px tokens; visual token k is id offset + k). 720x720 gives 90 x 90
+tokens and 8193 output tokens. Upstream's prefix-constrained processor allows only visual tokens
+inside the rows and forces eol, eof, eoi and eos at their positions; here that is a
+``Constraint``, so AR, SJD and the coupled modes all obey it, and Jacobi drafts are drawn from
+the visual token range.
+
+CFG as upstream's generation script (transformers' ``UnbatchedClassifierFreeGuidanceLogitsProcessor``):
+the unconditional context is the negative prompt in the same template, the guidance combines
+log-softmaxed scores ``u + s (c - u)`` (hence ``cfg_on="log_probs"``), and the constraint and
+top-k come after it. Conditional and unconditional rows share one batch here, left-padded to one
+length (mask; positions = cumsum(mask) - 1, what upstream's separate runs use). Defaults as
+upstream's scripts: cfg 3.0, top-k 2048, temperature 1, 720x720 (the config's image_area), the
+positive suffix and negative prompt of upstream's demos.
+
+References: Emu3 (arXiv 2409.18869); layout and sampling from baaivision/Emu3's processor,
+constraint helper and ``image_generation.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .. import transformer as T
+from ..checkpoint import WeightsError, check_tree, read_folder
+from ..decoding import Constraint
+from ..pipeline import Job
+from ..sampling import Sampler
+from ..vq import emu3 as V
+
+FAMILY = "emu3"
+POSITIVE = " masterpiece, film grained, best quality."  # appended to every prompt by upstream's demos
+NEGATIVE = ("lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, cropped, "
+            "worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, username, blurry.")
+WINDOW_MARGIN = 64  # spare cache slots per row past the output: the largest Jacobi window a job allows
+ID_KEYS = ("bos", "eos", "pad", "img", "boi", "eoi", "eol", "eof", "visual_offset")
+DEFAULTS = dict(cfg_scale=3.0, cfg_on="log_probs", top_k=2048, top_p=None, temperature=1.0)
+
+
+@dataclasses.dataclass
+class Emu3:
+    params: dict  # transformer parameters (sjd_min.transformer layout)
+    config: T.Config
+    vq_params: dict  # vision tokenizer (float32)
+    vq_config: V.Emu3VQConfig
+    ids: dict  # special ids and the visual token offset (see convert/emu3.py)
+    tokenizer: object  # tokenizers.Tokenizer
+    defaults: dict  # cfg_scale, cfg_on, top_k, top_p, temperature, size
+    max_positions: int  # RoPE positions the model was trained for (prompt + output must fit)
+    positive: str = POSITIVE
+    negative: str = NEGATIVE
+    family: str = FAMILY
+
+    @property
+    def visual_range(self) -> tuple[int, int]:
+        lo = self.ids["visual_offset"]
+        return lo, lo + self.vq_config.codebook_size
+
+    def grid(self, size: int) -> int:
+        """Visual tokens per side of a square image of `size` pixels."""
+        f = self.vq_config.factor
+        if size < f or size % f:
+            raise ValueError(f"image size must be a positive multiple of {f} pixels, got {size}")
+        return size // f
+
+    def prompt_ids(self, text: str, side: int) -> list[int]:
+        """<bos> text <image start> "{h}*{w}" <image token>."""
+        enc = lambda s: self.tokenizer.encode(s, add_special_tokens=False).ids  # noqa: E731
+        ids = self.ids
+        out = [ids["bos"], *enc(text), ids["boi"], *enc(f"{side}*{side}"), ids["img"]]
+        if max(out) >= self.config.vocab_size:
+            raise ValueError(f"the text tokenizer produced id {max(out)} beyond the vocabulary ({self.config.vocab_size})")
+        return out
+
+    def layout_of(self, side: int) -> tuple[int, Constraint, Tensor]:
+        """(output tokens, per-position constraint, [h, w] output offset of every visual token)."""
+        h = w = side
+        n = h * (w + 1) + 3
+        device = self.vq_params["codebook"].device
+        lo, hi = (torch.tensor(v, device=device).expand(n).clone() for v in self.visual_range)
+        forced = torch.cat([torch.arange(1, h + 1, device=device) * (w + 1) - 1,  # the last slot of every row
+                            torch.arange(h * (w + 1), n, device=device)])  # eof, eoi, eos
+        tokens = torch.tensor([self.ids["eol"]] * h + [self.ids["eof"], self.ids["eoi"], self.ids["eos"]], device=device)
+        lo[forced], hi[forced] = tokens, tokens + 1
+        slots = torch.arange(h, device=device)[:, None] * (w + 1) + torch.arange(w, device=device)  # h w
+        return n, Constraint(lo, hi), slots
+
+    def job(self, prompts: list[str], sampler: Sampler, size: int | None = None) -> Job:
+        size = size or self.defaults["size"]
+        side = self.grid(size)
+        n, constraint, slots = self.layout_of(side)
+        rows = [self.prompt_ids(p + self.positive, side) for p in prompts]
+        if sampler.cfg:
+            rows += [self.prompt_ids(self.negative, side)] * len(prompts)
+        length = max(len(r) for r in rows)
+        if length + n > self.max_positions:
+            raise ValueError(f"{size}x{size} needs {length + n} positions (prompt {length} + image {n}); the model "
+                             f"was trained for {self.max_positions}: choose a smaller --size")
+        device = self.vq_params["codebook"].device
+        ids = torch.full((len(rows), length), self.ids["pad"], dtype=torch.long)
+        mask = torch.zeros(len(rows), length, dtype=torch.bool)
+        for i, r in enumerate(rows):  # left padding
+            ids[i, length - len(r):] = torch.tensor(r)
+            mask[i, length - len(r):] = True
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
+        prefix = T.prefill(self.params, self.config, ids, positions, length + n + WINDOW_MARGIN, mask)
+        return Job(
+            model=T.model_fn(self.params, self.config), prefix=prefix, n_tokens=n, constraint=constraint,
+            sampler=sampler, row_width=side + 1, image_slots=slots,
+            decode=lambda tokens: self.decode(tokens, slots), draft_range=self.visual_range,
+        )
+
+    def decode(self, tokens: Int[Tensor, "b n"], slots: Int[Tensor, "h w"]) -> Float[Tensor, "b 3 H W"]:
+        """Output tokens -> pixels in about [-1, 1] (not clamped, as upstream's decoder)."""
+        lo, hi = self.visual_range
+        vis = tokens[:, slots]  # b h w
+        if bool(((vis < lo) | (vis >= hi)).any()):
+            raise ValueError("a non-visual token sits at an image position; the layout constraint was not applied")
+        return V.decode(self.vq_params, self.vq_config, vis - lo).float()
+
+
+def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Emu3:
+    """A converted Emu3 folder (convert/emu3.py). dtype None: the stored one on GPU, float32 on CPU.
+    The vision tokenizer always runs in float32."""
+    from tokenizers import Tokenizer
+
+    folder = Path(folder)
+    config, tensors = read_folder(folder, ["transformer", "vq"], device=device)
+    if config.get("family") != FAMILY:
+        raise WeightsError(f"{folder} holds family {config.get('family')!r}, not {FAMILY!r}")
+    try:
+        tconf = T.Config(**config["transformer"])
+        vconf = V.Emu3VQConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["vq"].items()})
+        ids = {k: int(config["ids"][k]) for k in ID_KEYS}
+        side = round(math.sqrt(config.get("image_area", 720 * 720)))
+    except (KeyError, TypeError, ValueError) as e:
+        raise WeightsError(f"{folder}/config.json is incomplete or invalid ({e}); convert the weights again") from e
+    if ids["visual_offset"] + vconf.codebook_size > tconf.vocab_size:
+        raise WeightsError(f"{folder}: visual tokens from {ids['visual_offset']} ({vconf.codebook_size} codes) "
+                           f"exceed the vocabulary ({tconf.vocab_size})")
+    with torch.device("meta"):
+        problems = check_tree(tensors["transformer"], T.init_params(tconf, torch.Generator()))
+        problems += check_tree(tensors["vq"], V.init_params(vconf, torch.Generator()))
+    if problems:
+        raise WeightsError(f"{folder} does not match its config.json: {'; '.join(problems[:10])}")
+    if not (folder / "tokenizer.json").is_file():
+        raise WeightsError(f"{folder} lacks tokenizer.json; convert the weights again")
+    params = tensors["transformer"]
+    if dtype is None and torch.device(device).type == "cpu":
+        dtype = torch.float32
+    if dtype is not None:
+        params = _cast(params, dtype)
+    size = side - side % vconf.factor
+    return Emu3(
+        params=params, config=tconf, vq_params=_cast(tensors["vq"], torch.float32), vq_config=vconf, ids=ids,
+        tokenizer=Tokenizer.from_file(str(folder / "tokenizer.json")),
+        defaults=dict(DEFAULTS, size=size), max_positions=int(config.get("max_positions", 9216)),
+    )
+
+
+def _cast(tree, dtype: torch.dtype):
+    if isinstance(tree, Tensor):
+        return tree.to(dtype)
+    if isinstance(tree, dict):
+        return {k: _cast(v, dtype) for k, v in tree.items()}
+    return [_cast(v, dtype) for v in tree]
