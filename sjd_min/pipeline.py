@@ -12,7 +12,7 @@ import dataclasses
 import importlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -35,6 +35,7 @@ class Job:
     draft_range: tuple[int, int] | None = None  # ids for random drafts; None = the constraint's range
 
 
+@runtime_checkable  # so that `-> Pipeline` annotations can be checked at run time (jaxtyping + beartype)
 class Pipeline(Protocol):
     family: str
     defaults: dict  # sampler and size defaults as upstream uses them: cfg, top_k, top_p, temperature, size
