@@ -36,6 +36,8 @@ class VQConfig:
     ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # per level, highest resolution first; factor 2**(len-1)
     num_res_blocks: int = 2  # res blocks per encoder level (decoder: one more)
     attn_levels: tuple[int, ...] = (4,)  # levels (indices into ch_mult) with attention after each res block
+    enc_attn_levels: tuple[int, ...] | None = None  # the encoder's, where they differ (taming derives both
+    #   from one resolution with integer halving / doubling); None = attn_levels
     mid_attn: bool = True  # attention between the two mid res blocks
     l2_norm: bool = True  # LlamaGen: codebook rows and latents L2-normalised; Chameleon: plain
     norm_groups: int = 32  # GroupNorm groups
@@ -227,7 +229,7 @@ def init_params(config: VQConfig, generator: torch.Generator, encoder: bool = Tr
                 res.append(res_p(cin, w))
                 cin = w
             level = dict(res=res)
-            if i in c.attn_levels:
+            if i in (c.attn_levels if c.enc_attn_levels is None else c.enc_attn_levels):
                 level["attn"] = [attn_p(cin) for _ in res]
             if i < len(widths) - 1:
                 level["down"] = conv_p(cin, cin)
