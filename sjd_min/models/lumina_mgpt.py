@@ -1,0 +1,190 @@
+"""Lumina-mGPT (Chameleon architecture) text-to-image: prompt, image layout, CFG, VQGAN decoding.
+
+One image is the token sequence (ids read from the converted folder's config.json)
+
+    prompt:  <s> "Generate an image of {W}x{H} according to the following prompt:\\n{text}" <end-of-turn>
+             <image-start> <size H/32> <size W/32>                       (prefilled, never sampled)
+    output:  h rows of [w image tokens, <end-of-line>], then <end-of-image>    (n = h (w + 1) + 1)
+
+with h = H/16, w = W/16 (16-px VQ tokens; a size token is ``<reserved08800>`` + grids of 32 px).
+The image-start and size tokens are forced, so they sit in the prompt: decoding them would spend
+three model calls on deterministic tokens (upstream's step count, 2357 at 768^2, also counts them
+and the final end-of-turn; ours is 2353).
+
+Constraints, as upstream's ``MultiModalLogitsProcessor`` applies them: end-of-line and
+end-of-image are forced at their positions, every other output position allows only the image
+tokens (upstream suppresses every non-image id inside the rows; the model's own logits for image
+ids are left unmasked, unlike transformers' Chameleon, which masks them for text generation).
+These go through ``Constraint``, so AR, SJD and the coupled modes all obey them.
+
+CFG as upstream's ``LLMImageStartTriggeredUnbatchedClassifierFreeGuidanceLogitsProcessor``: the
+unconditional context starts at the image-start token (``<image-start> <size> <size>``), left-padded
+to the conditional length (mask; positions = cumsum(mask) - 1), and the guidance combines the raw
+logits ``u + s (c - u)`` (no log-softmax), hence ``cfg_on="logits"``. Defaults: cfg 4.0 (the SJD
+paper's scripts use 3.0), image top-k 2000, temperature 1.
+
+References: Lumina-mGPT (arXiv 2408.02657), Chameleon (arXiv 2405.09818).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .. import transformer as T
+from ..checkpoint import WeightsError, check_tree, read_folder
+from ..decoding import Constraint
+from ..pipeline import Job
+from ..sampling import Sampler
+from ..vq import vqgan as V
+
+FAMILY = "lumina_mgpt"
+PROMPT = "Generate an image of {w}x{h} according to the following prompt:\n{text}"
+WINDOW_MARGIN = 64  # spare cache slots per row past the output: the largest Jacobi window a job allows
+LAYOUT_KEYS = ("bos", "pad", "end_of_turn", "image_start", "image_end", "end_of_line", "size_token_base",
+               "grid_px", "grid_tokens")
+
+
+@dataclasses.dataclass
+class LuminaMGPT:
+    params: dict  # transformer parameters (sjd_min.transformer layout)
+    config: T.Config
+    vq_params: dict  # Chameleon VQGAN (float32)
+    vq_config: V.VQConfig
+    layout: dict  # special-token ids and grid geometry (see the converter)
+    image_ids: Int[Tensor, " k"]  # image_ids[code] = token id of VQ code `code`
+    tokenizer: object  # tokenizers.Tokenizer (Meta's text_tokenizer.json)
+    defaults: dict  # cfg_scale, cfg_on, top_k, top_p, temperature, size
+    family: str = FAMILY
+
+    @property
+    def image_range(self) -> tuple[int, int]:
+        return int(self.image_ids.min()), int(self.image_ids.max()) + 1
+
+    def grid(self, size: int) -> tuple[int, int]:
+        """(grid units of 32 px, VQ tokens per side) for a square image of `size` pixels."""
+        px, per = self.layout["grid_px"], self.layout["grid_tokens"]
+        if size < px or size % px:
+            raise ValueError(f"image size must be a positive multiple of {px} pixels, got {size}")
+        units = size // px
+        if self.layout["size_token_base"] + units >= self.config.vocab_size:
+            raise ValueError(f"size {size} needs a size token beyond the vocabulary ({units} grid units)")
+        return units, units * per
+
+    def prompt_ids(self, text: str, size: int) -> list[int]:
+        """Conditional prompt: bos, the templated text, end-of-turn, image-start, two size tokens."""
+        units, _ = self.grid(size)
+        lay = self.layout
+        ids = self.tokenizer.encode(PROMPT.format(w=size, h=size, text=text), add_special_tokens=False).ids
+        size_tok = lay["size_token_base"] + units
+        out = [lay["bos"], *ids, lay["end_of_turn"], lay["image_start"], size_tok, size_tok]
+        if max(out) >= self.config.vocab_size:
+            raise ValueError(f"the text tokenizer produced id {max(out)} beyond the vocabulary ({self.config.vocab_size})")
+        return out
+
+    def layout_of(self, size: int) -> tuple[int, Constraint, Tensor]:
+        """(output tokens, per-position constraint, [h, w] output offset of every image token)."""
+        _, s = self.grid(size)
+        h = w = s
+        n = h * (w + 1) + 1
+        lo_img, hi_img = self.image_range
+        device = self.image_ids.device
+        c = Constraint.range(n, lo_img, hi_img, device=device)
+        eol = torch.arange(h, device=device) * (w + 1) + w  # the last slot of every row
+        lo, hi = c.lo.clone(), c.hi.clone()
+        lo[eol], hi[eol] = self.layout["end_of_line"], self.layout["end_of_line"] + 1
+        lo[-1], hi[-1] = self.layout["image_end"], self.layout["image_end"] + 1
+        slots = torch.arange(h, device=device)[:, None] * (w + 1) + torch.arange(w, device=device)  # h w
+        return n, Constraint(lo, hi), slots
+
+    def job(self, prompts: list[str], sampler: Sampler, size: int | None = None) -> Job:
+        if not prompts:
+            raise ValueError("no prompts given")
+        size = size or self.defaults["size"]
+        n, constraint, slots = self.layout_of(size)
+        rows = [self.prompt_ids(p, size) for p in prompts]
+        if sampler.cfg:
+            rows += [r[-3:] for r in rows]  # unconditional context: from the image-start token on
+        length = max(len(r) for r in rows)
+        device = self.image_ids.device
+        ids = torch.full((len(rows), length), self.layout["pad"], dtype=torch.long)
+        mask = torch.zeros(len(rows), length, dtype=torch.bool)
+        for i, r in enumerate(rows):  # left padding
+            ids[i, length - len(r):] = torch.tensor(r)
+            mask[i, length - len(r):] = True
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
+        prefix = T.prefill(self.params, self.config, ids, positions, length + n + WINDOW_MARGIN, mask)
+        return Job(
+            model=T.model_fn(self.params, self.config), prefix=prefix, n_tokens=n, constraint=constraint,
+            sampler=sampler, row_width=int(slots.shape[1]) + 1, image_slots=slots,
+            decode=lambda tokens: self.decode(tokens, slots), draft_range=self.image_range,
+        )
+
+    def decode(self, tokens: Int[Tensor, "b n"], slots: Int[Tensor, "h w"]) -> Float[Tensor, "b 3 H W"]:
+        """Output tokens -> pixels in about [-1, 1] (not clamped, as upstream's VQGAN)."""
+        lut = torch.full((self.config.vocab_size,), -1, dtype=torch.long, device=tokens.device)
+        lut[self.image_ids.to(tokens.device)] = torch.arange(len(self.image_ids), device=tokens.device)
+        codes = lut[tokens[:, slots]]  # b h w
+        if bool((codes < 0).any()):
+            raise ValueError("a non-image token sits at an image position; the layout constraint was not applied")
+        return V.decode(self.vq_params, self.vq_config, codes).float()
+
+
+def _vq_config(d: dict) -> V.VQConfig:
+    return V.VQConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> LuminaMGPT:
+    """A converted Lumina-mGPT folder (convert/lumina_mgpt.py). dtype None: the stored one on GPU,
+    float32 on CPU. The VQGAN always runs in float32."""
+    from tokenizers import Tokenizer
+
+    folder = Path(folder)
+    config, tensors = read_folder(folder, ["transformer", "vq"], device=device)
+    if config.get("family") != FAMILY:
+        raise WeightsError(f"{folder} holds family {config.get('family')!r}, not {FAMILY!r}")
+    try:
+        tconf, vconf = T.Config(**config["transformer"]), _vq_config(config["vq"])
+        layout, image_ids = config["layout"], config["image_token_ids"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise WeightsError(f"{folder}/config.json is incomplete or invalid ({e}); convert the weights again") from e
+    lacking = [k for k in LAYOUT_KEYS if layout.get(k) is None]
+    if lacking:
+        raise WeightsError(f"{folder}: the vocabulary it was converted from lacks the layout token(s) "
+                           f"{', '.join(lacking)}, so it cannot generate images")
+    if sorted(image_ids) != list(range(min(image_ids), max(image_ids) + 1)):
+        raise WeightsError(f"{folder}: the image-token ids are not one contiguous range, which the layout needs")
+    if vconf.factor * layout["grid_tokens"] != layout["grid_px"]:
+        raise WeightsError(f"{folder}: the VQGAN downsamples {vconf.factor}x, but the layout puts "
+                           f"{layout['grid_tokens']} tokens on {layout['grid_px']} px")
+    with torch.device("meta"):
+        problems = check_tree(tensors["transformer"], T.init_params(tconf, torch.Generator()))
+        problems += check_tree(tensors["vq"], V.init_params(vconf, torch.Generator()))
+    if problems:
+        raise WeightsError(f"{folder} does not match its config.json: {'; '.join(problems[:10])}")
+    tok_path = folder / config.get("text_tokenizer", "text_tokenizer.json")
+    if not tok_path.is_file():
+        raise WeightsError(f"{folder} lacks {tok_path.name}; convert the weights again")
+    params = tensors["transformer"]
+    if dtype is None and torch.device(device).type == "cpu":
+        dtype = torch.float32
+    if dtype is not None:
+        params = _cast(params, dtype)
+    return LuminaMGPT(
+        params=params, config=tconf, vq_params=_cast(tensors["vq"], torch.float32), vq_config=vconf, layout=layout,
+        image_ids=torch.tensor(image_ids, dtype=torch.long, device=device),
+        tokenizer=Tokenizer.from_file(str(tok_path)), defaults=dict(config.get("defaults", {})),
+    )
+
+
+def _cast(tree, dtype: torch.dtype):
+    if isinstance(tree, Tensor):
+        return tree.to(dtype)
+    if isinstance(tree, dict):
+        return {k: _cast(v, dtype) for k, v in tree.items()}
+    return [_cast(v, dtype) for v in tree]
