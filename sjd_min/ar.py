@@ -6,9 +6,25 @@ Every lossless decoder in ``sjd.py`` must produce sequences with exactly this di
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from .decoding import Constraint, ModelFn, Prefix, Result, cfg_rows, check_args
-from .sampling import Sampler, probs, sample
+from .sampling import Sampler, exp_noise, probs, race
+
+
+def ar_iteration(
+    model: ModelFn, token: Tensor, t: Tensor, cache: dict, noise: Tensor, start: Tensor, position: Tensor,
+    lo_all: Tensor, hi_all: Tensor, sampler: Sampler,
+) -> tuple[Tensor, dict]:
+    """Feed x_{t-1} (`token` [b, 1]), sample x_t: the fixed-shape unit ``compile.py`` compiles.
+    `t` is a 0-d tensor so that one compiled graph serves every position."""
+    offset = (t - 1).expand(token.shape[0], 1)  # output offset of the input token
+    cache = {**cache, "length": start + cfg_rows(offset, sampler)[:, 0]}
+    logits, cache = model(cfg_rows(token, sampler), position[:, None] + cfg_rows(offset, sampler), cache)
+    b = token.shape[0]
+    at = t.view(1, 1).expand(b, 1)  # tensor indexing: no data-dependent shapes in the graph
+    p = probs(logits, sampler, lo_all[at], hi_all[at])
+    return race(p[:, 0], noise), cache
 
 
 def ar_decode(
@@ -19,20 +35,27 @@ def ar_decode(
     constraint: Constraint,
     generator: torch.Generator,
     progress=None,
+    compiled: bool = False,
 ) -> Result:
     """Sample `n_tokens` tokens per row, one model call each (the prefill gives the first)."""
     b = check_args(prefix, n_tokens, sampler, constraint)
-    device = prefix.logits.device
+    vocab, device = prefix.logits.shape[-1], prefix.logits.device
+    lo_all, hi_all = constraint.lo, constraint.hi
     out = torch.empty(b, n_tokens, dtype=torch.long, device=device)
-    lo, hi = constraint.lo[None, :1].expand(b, 1), constraint.hi[None, :1].expand(b, 1)
-    out[:, 0] = sample(probs(prefix.logits[:, None], sampler, lo, hi), generator)[:, 0]
+    p0 = probs(prefix.logits[:, None], sampler, lo_all[:1].expand(b, 1), hi_all[:1].expand(b, 1))
+    out[:, 0] = race(p0[:, 0], exp_noise((b, vocab), generator, device))
+    iterate = ar_iteration
+    if compiled:
+        from .compile import compiled_step, prepare_static
+
+        iterate = compiled_step(ar_iteration, device)
+        prepare_static(model, prefix.cache)
     cache = prefix.cache
     for t in range(1, n_tokens):
-        step = torch.full((b, 1), t - 1, device=device)  # input x_{t-1} sits at output offset t - 1
-        cache = {**cache, "length": prefix.cache["length"] + cfg_rows(step, sampler)[:, 0]}
-        logits, cache = model(cfg_rows(out[:, t - 1 : t], sampler), prefix.position[:, None] + cfg_rows(step, sampler), cache)
-        lo, hi = constraint.lo[None, t : t + 1].expand(b, 1), constraint.hi[None, t : t + 1].expand(b, 1)
-        out[:, t] = sample(probs(logits, sampler, lo, hi), generator)[:, 0]
+        noise = exp_noise((b, vocab), generator, device)
+        t_dev = torch.tensor(t, device=device)
+        out[:, t], cache = iterate(model, out[:, t - 1 : t], t_dev, cache, noise, prefix.cache["length"],
+                                   prefix.position, lo_all, hi_all, sampler)
         if progress is not None:
             progress(t + 1)
     calls = torch.arange(n_tokens, device=device).expand(b, n_tokens)

@@ -33,20 +33,23 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "tiny"
 
 
 def decode_job(job: Job, method: str, generator: torch.Generator, window: int = 16, init: str = "random",
-               progress=None) -> Result:
-    """Run one decoder on a job. `method`: ar | sjd | maximal | gumbel."""
+               progress=None, compiled: bool = False) -> Result:
+    """Run one decoder on a job. `method`: ar | sjd | maximal | gumbel; `compiled`: the compiled step."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "ar":
-        return ar_decode(job.model, job.prefix, job.n_tokens, job.sampler, job.constraint, generator, progress)
+        return ar_decode(job.model, job.prefix, job.n_tokens, job.sampler, job.constraint, generator, progress,
+                         compiled=compiled)
     jc = JacobiConfig(window=window, refresh=REFRESH_OF[method], init=init, row_width=job.row_width,
                       draft_range=job.draft_range)
-    return sjd_decode(job.model, job.prefix, job.n_tokens, job.sampler, job.constraint, generator, jc, progress)
+    return sjd_decode(job.model, job.prefix, job.n_tokens, job.sampler, job.constraint, generator, jc, progress,
+                      compiled=compiled)
 
 
 def generate(pipeline: Pipeline, prompts: list[str], method: str = "sjd", sampler: Sampler | None = None,
              seed: int = 0, window: int = 16, init: str = "random", size: int | None = None,
-             device: str | torch.device = "cpu", progress: bool = False) -> tuple[Tensor, Result, Job, float]:
+             device: str | torch.device = "cpu", progress: bool = False,
+             compiled: bool = False) -> tuple[Tensor, Result, Job, float]:
     """Images [b, 3, H, W] in [-1, 1] for `prompts`, the decoding result, the job and wall seconds."""
     sampler = sampler or default_sampler(pipeline)
     t0 = time.perf_counter()
@@ -59,7 +62,7 @@ def generate(pipeline: Pipeline, prompts: list[str], method: str = "sjd", sample
     update = (lambda done: bar.update(done - bar.n)) if bar is not None else None
     generator = torch.Generator(device=device).manual_seed(seed)
     with torch.inference_mode():
-        result = decode_job(job, method, generator, window, init, update)
+        result = decode_job(job, method, generator, window, init, update, compiled)
         images = job.decode(result.tokens)
     if bar is not None:
         bar.close()
@@ -157,6 +160,8 @@ def add_generate_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--heatmap", action="store_true", help="also write acceptance heatmaps")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    ap.add_argument("--compile", action="store_true",
+                    help="compile the decode step (torch.compile; CUDA graphs on GPU); the first image pays the compile time")
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -173,7 +178,8 @@ def run_generate(args: argparse.Namespace) -> int:
         sampler = default_sampler(pipeline, cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
                                   temperature=args.temperature)
         images, result, job, wall = generate(pipeline, prompts, args.method, sampler, args.seed, args.window,
-                                             args.init, args.size, args.device, progress=True)
+                                             args.init, args.size, args.device, progress=True,
+                                             compiled=args.compile)
     except (WeightsError, ValueError) as e:
         raise SystemExit(f"error: {e}") from e
     staged = Path(tempfile.mkdtemp(prefix=".generate.", dir=out))  # nothing half-written in `out`
@@ -187,6 +193,7 @@ def run_generate(args: argparse.Namespace) -> int:
                 heatmap(result.commit_call[i], job.image_slots).save(staged / f"{i:03d}_{args.method}_heatmap.png")
         stats = dict(
             model=str(args.model), method=args.method, window=args.window, init=args.init, seed=args.seed,
+            compiled=args.compile,
             sampler=sampler.__dict__, prompts=prompts, images=files, n_tokens=job.n_tokens,
             forward_calls=result.forward_calls, step_compression=result.step_compression, wall_seconds=wall,
             committed_per_call=result.committed.tolist(),

@@ -187,6 +187,23 @@ def jacobi_step(
 # ----------------------------------------------------------------------------- the decoder
 
 
+def sjd_iteration(
+    model: ModelFn, state: dict, cache: dict, noise: dict, start: Tensor, position: Tensor,
+    lo_all: Tensor, hi_all: Tensor, sampler: Sampler, n_tokens: int, cfg: JacobiConfig,
+) -> tuple[dict, dict, Tensor]:
+    """One model call and one Jacobi step: the fixed-shape unit that ``compile.py`` compiles.
+    `start` / `position`: cache slot and RoPE position of output token 0, per model row."""
+    n = state["n"]
+    slot = torch.arange(cfg.window, device=n.device)
+    offset = n[:, None] - 1 + slot  # output offset of each window input: x_{n-1}, d_n, ...
+    cache = {**cache, "length": start + cfg_rows(n - 1, sampler)}  # commit / roll back = move the length
+    logits, cache = model(cfg_rows(state["seq"].gather(1, offset), sampler), position[:, None] + cfg_rows(offset, sampler), cache)
+    out_pos = n[:, None] + slot
+    p = probs(logits, sampler, lo_all[out_pos], hi_all[out_pos])
+    state, committed = jacobi_step(state, p, noise, lo_all, hi_all, n_tokens, cfg)
+    return state, cache, committed
+
+
 def sjd_decode(
     model: ModelFn,
     prefix: Prefix,
@@ -196,8 +213,10 @@ def sjd_decode(
     generator: torch.Generator,
     cfg: JacobiConfig = JacobiConfig(),
     progress=None,
+    compiled: bool = False,
 ) -> Result:
-    """Sample `n_tokens` tokens per row with a Jacobi window of `cfg.window` tokens."""
+    """Sample `n_tokens` tokens per row with a Jacobi window of `cfg.window` tokens.
+    `compiled`: run each iteration through the compiled step of ``compile.py``."""
     w = cfg.window
     b = check_args(prefix, n_tokens, sampler, constraint, w)
     vocab, device = prefix.logits.shape[-1], prefix.logits.device
@@ -213,25 +232,29 @@ def sjd_decode(
     state["seq"], state["q"] = init_drafts(
         state["seq"], state["n"], state["fresh"], state["noise"], lo_all, hi_all, cfg, vocab
     )
+    iterate = sjd_iteration
+    if compiled:
+        from .compile import compiled_step, prepare_static
+
+        iterate = compiled_step(sjd_iteration, device)
+        prepare_static(model, prefix.cache)
     commit_call = torch.zeros(b, n_tokens + w, dtype=torch.long, device=device)
     committed_log = [torch.ones(b, dtype=torch.long)]
     slot = torch.arange(w, device=device)
-    calls, cache = 1, prefix.cache
-    while bool((state["n"] < n_tokens).any()):  # the one host sync per iteration
+    done = torch.ones(b, dtype=torch.long)  # committed tokens per row, on the host
+    cache = prefix.cache
+    while bool((done < n_tokens).any()):
         n = state["n"]
-        offset = n[:, None] - 1 + slot  # output offset of each window input
-        tokens = state["seq"].gather(1, offset)
-        cache = {**cache, "length": prefix.cache["length"] + cfg_rows(n - 1, sampler)}  # commit / roll back
-        logits, cache = model(cfg_rows(tokens, sampler), prefix.position[:, None] + cfg_rows(offset, sampler), cache)
-        calls += 1
+        noise = draw_noise(generator, b, w, vocab, device)
+        state, cache, committed = iterate(model, state, cache, noise, prefix.cache["length"], prefix.position,
+                                          lo_all, hi_all, sampler, n_tokens, cfg)
         out_pos = n[:, None] + slot
-        p = probs(logits, sampler, lo_all[out_pos], hi_all[out_pos])
-        state, committed = jacobi_step(
-            state, p, draw_noise(generator, b, w, vocab, device), lo_all, hi_all, n_tokens, cfg
-        )
         mark = (slot[None, :] < committed[:, None]) & (out_pos < n_tokens)
-        commit_call.scatter_(1, out_pos, torch.where(mark, calls - 1, commit_call.gather(1, out_pos)))
-        committed_log.append(committed.cpu())
+        commit_call.scatter_(1, out_pos, torch.where(mark, len(committed_log), commit_call.gather(1, out_pos)))
+        committed_host = committed.cpu()  # the one host read per iteration
+        committed_log.append(committed_host)
+        done += committed_host
         if progress is not None:
-            progress(min(int(state["n"].min()), n_tokens))
+            progress(min(int(done.min()), n_tokens))
+    calls = len(committed_log)
     return Result(state["seq"][:, :n_tokens].clone(), calls, torch.stack(committed_log), commit_call[:, :n_tokens])

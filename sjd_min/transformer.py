@@ -263,7 +263,8 @@ def forward(
     b, t = x.shape[:2]
     h = params["embed"][x] if not x.is_floating_point() else x.to(params["embed"].dtype)  # b t d
     slots = cache["length"][:, None] + torch.arange(t, device=h.device)  # b t
-    valid = cache["valid"].scatter(1, slots, mask if mask is not None else torch.ones_like(slots, dtype=torch.bool))
+    valid = cache["valid"]
+    valid.scatter_(1, slots, mask if mask is not None else torch.ones_like(slots, dtype=torch.bool))  # in place
     key_slot = torch.arange(valid.shape[1], device=h.device)  # S
     attend = (key_slot <= slots[..., None]) & (valid[:, None, :] | (key_slot == slots[..., None]))  # b t S
     cos, sin = rope_angles(c, positions)
@@ -277,7 +278,7 @@ def forward(
             h = h + rms_norm(a, layer["attn_norm"], c.norm_eps)
             h = h + rms_norm(mlp(layer["mlp"], h), layer["mlp_norm"], c.norm_eps)
     logits = (rms_norm(h, params["norm"], c.norm_eps) @ params["head"].T).float()
-    return logits, {**cache, "valid": valid}
+    return logits, cache
 
 
 def full_forward(
@@ -315,6 +316,17 @@ def prefill(
     return Prefix(logits[:, -1], cache, positions[:, -1] + 1, capacity)
 
 
-def model_fn(params: Params, config: Config):
-    """The transformer as the decoders see it: (tokens, positions, cache) -> (logits, cache)."""
-    return lambda tokens, positions, cache: forward(params, config, tokens, positions, cache)
+@dataclasses.dataclass(frozen=True, eq=False)
+class TransformerFn:
+    """The transformer as the decoders see it: (tokens, positions, cache) -> (logits, cache).
+    Keeps `params` visible so the compiled path can mark the weights static."""
+
+    params: Params
+    config: Config
+
+    def __call__(self, tokens, positions, cache):
+        return forward(self.params, self.config, tokens, positions, cache)
+
+
+def model_fn(params: Params, config: Config) -> TransformerFn:
+    return TransformerFn(params, config)

@@ -1,0 +1,60 @@
+"""The compiled path: the only place that calls ``torch.compile``.
+
+The Jacobi window has a fixed size, so one compiled step serves every iteration of an image:
+``sjd_iteration`` (window forward, processed distributions, verification, accept lengths per
+row, residual samples, draft refresh and shift) and ``ar_iteration`` (one token) are compiled
+with ``fullgraph=True``; on CUDA with ``mode="reduce-overhead"`` (CUDA graphs). What makes that
+possible lives in the decoders themselves: positions and lengths are tensors, the noise is
+drawn before the step from the generator, the cache is written in place at tensor positions,
+and nothing inside calls ``.item()`` or ``multinomial``. The prefill stays eager.
+
+Here: the weights and the cache are marked static (CUDA graphs neither copy nor re-record
+them), and the step's outputs are cloned before the next replay can overwrite them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+_COMPILED: dict[tuple[Callable, str], Callable] = {}
+
+
+def _tree_map(fn, tree):
+    if isinstance(tree, Tensor):
+        return fn(tree)
+    if isinstance(tree, dict):
+        return {k: _tree_map(fn, v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_tree_map(fn, v) for v in tree)
+    return tree
+
+
+def compiled_step(step: Callable, device: str | torch.device) -> Callable:
+    """`step` compiled once per device type (reused across images of the same size)."""
+    kind = torch.device(device).type
+    key = (step, kind)
+    if key not in _COMPILED:
+        mode = "reduce-overhead" if kind == "cuda" else None
+        fn = torch.compile(step, fullgraph=True, mode=mode)
+
+        def run(*args):
+            if kind == "cuda":
+                torch.compiler.cudagraph_mark_step_begin()
+            out = fn(*args)
+            # the cache is static and written in place; everything else is a fresh output
+            return tuple(v if isinstance(v, dict) and "k" in v else _tree_map(torch.clone, v) for v in out)
+
+        _COMPILED[key] = run
+    return _COMPILED[key]
+
+
+def prepare_static(model, cache: dict) -> None:
+    """Mark the model's weights (where it exposes them) and the cache as static addresses."""
+    tensors = []
+    _tree_map(tensors.append, getattr(model, "params", {}))
+    _tree_map(tensors.append, {k: v for k, v in cache.items() if k != "length"})
+    for t in tensors:
+        torch._dynamo.mark_static_address(t)

@@ -1,0 +1,66 @@
+"""Compiled-vs-eager cases, run in a child interpreter by test_compile.py: torch.compile cannot
+trace through the runtime type checks the test session wraps every sjd_min function in.
+
+    python tests/compile_cases.py cpu   -> one JSON line per case
+"""
+
+import json
+import sys
+
+import torch
+
+from sjd_min import transformer as T
+from sjd_min.ar import ar_decode
+from sjd_min.decoding import Constraint
+from sjd_min.sampling import Sampler
+from sjd_min.sjd import REFRESH_MODES, JacobiConfig, sjd_decode
+
+CFG = T.Config(vocab_size=64, dim=32, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=64, qk_norm=True)
+SAMPLER = Sampler(top_k=8, cfg_scale=2.0)
+N = 20
+
+
+def run(method: str, seed: int, compiled: bool, device: str):
+    params = T.init_params(CFG, torch.Generator().manual_seed(0))
+    params = {k: v for k, v in params.items()}
+    move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t
+    params = {k: (move(v) if isinstance(v, torch.Tensor) else
+                  [{a: ({c: move(d) for c, d in b.items()} if isinstance(b, dict) else move(b)) for a, b in layer.items()}
+                   for layer in v]) for k, v in params.items()}
+    prompt = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(1))
+    rows = torch.cat([prompt, prompt.flip(1)]).to(device)
+    pre = T.prefill(params, CFG, rows, torch.arange(5, device=device).expand(4, 5), 5 + N + 4)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    con = Constraint.range(N, 2, 64, device=device).force(9, 1).force(19, 1)  # rows of 9 + an end token
+    if method == "ar":
+        return ar_decode(T.model_fn(params, CFG), pre, N, SAMPLER, con, gen, compiled=compiled)
+    jc = JacobiConfig(window=4, refresh=method, init="vertical", row_width=10)
+    return sjd_decode(T.model_fn(params, CFG), pre, N, SAMPLER, con, gen, jc, compiled=compiled)
+
+
+def main(device: str) -> None:
+    for method in ["ar", *REFRESH_MODES]:
+        case = dict(method=method)
+        try:
+            torch._dynamo.config.error_on_recompile = False
+            first = run(method, 0, True, device)  # compiles
+            torch._dynamo.config.error_on_recompile = True
+            again = run(method, 1, True, device)  # another image of the same size must not recompile
+            case.update(recompiled=False)
+        except torch._dynamo.exc.RecompileError as e:
+            case.update(recompiled=True, error=str(e)[:500])
+            print(json.dumps(case), flush=True)
+            continue
+        finally:
+            torch._dynamo.config.error_on_recompile = False
+        eager0, eager1 = run(method, 0, False, device), run(method, 1, False, device)
+        case.update(
+            compiled=[first.tokens.tolist(), again.tokens.tolist()],
+            eager=[eager0.tokens.tolist(), eager1.tokens.tolist()],
+            calls=[first.forward_calls, again.forward_calls, eager0.forward_calls, eager1.forward_calls],
+        )
+        print(json.dumps(case), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "cpu")
