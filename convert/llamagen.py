@@ -68,7 +68,10 @@ def resolve_file(name: str) -> Path:
         raise FileNotFoundError(f"{name} is not a local file, and huggingface_hub (to fetch it from {repo}) is not "
                                 f"installed: `huggingface-cli download {repo} {name} --local-dir .` first") from e
     print(f"downloading {name} from the Hugging Face hub ({repo})...")
-    return Path(hf_hub_download(repo, name))
+    try:
+        return Path(hf_hub_download(repo, name))
+    except Exception as e:  # offline, unknown file, ...: the hub client has many error types
+        raise FileNotFoundError(f"{name} is not a local file and could not be fetched from {repo} ({e})") from e
 
 
 def state_dict_of(path: Path) -> dict[str, Tensor]:
@@ -275,10 +278,10 @@ def infer_vq(sd: dict[str, Tensor], name: str, upstream: dict | None = None) -> 
     if any(w % ch for w in widths):
         raise WeightsError(f"{name}: level widths {widths} are not multiples of the base width {ch}")
     n_res = len(_indices(sd, r"decoder\.conv_blocks\.0\.res\.(\d+)\.")) - 1
+    attn = tuple(i for i in range(n_levels) if f"decoder.conv_blocks.{n_levels - 1 - i}.attn.0.q.weight" in sd)
     config = vqgan.VQConfig(
         codebook_size=k, embed_dim=e, z_channels=z, ch=ch, ch_mult=tuple(w // ch for w in widths),
-        num_res_blocks=up.get("num_res_blocks", n_res),
-        attn_levels=tuple(i for i in range(n_levels) if f"decoder.conv_blocks.{n_levels - 1 - i}.attn.0.q.weight" in sd),
+        num_res_blocks=up.get("num_res_blocks", n_res), attn_levels=attn,
         mid_attn="decoder.mid.1.q.weight" in sd, l2_norm=bool(up.get("codebook_l2_norm", True)),
     )
     return config, has_encoder
@@ -347,6 +350,9 @@ def build(args) -> tuple[dict, dict, dict, list[str]]:
                      f"{gpt_config.dim}, {gpt_config.n_layers} layers, {gpt_config.n_heads} heads), "
                      f"{_count(params) / 1e6:.1f}M parameters, grid {grid}x{grid} from {source}"
                      + (f" -> {grid * vq_factor} px" if vq_factor else ""))
+        if vq_factor not in (None, 16) and source.startswith("the file name"):
+            lines.append(f"note: the released GPTs were trained on VQ-16 codes; with this VQ-{vq_factor} tokenizer "
+                         f"the {grid}x{grid} grid decodes to {grid * vq_factor} px, not what the GPT learned")
         if args.t5:
             if task != "t2i":
                 raise WeightsError("--t5 is for text-to-image GPTs; this one is class-conditional")

@@ -154,7 +154,10 @@ def resolve_src(src: str) -> Path:
         raise FileNotFoundError(f"{src} is not a local folder, and huggingface_hub (to fetch it from the hub) is not "
                                 f"installed: `huggingface-cli download {src} --local-dir DIR` first") from e
     print(f"downloading {src} from the Hugging Face hub (config, tokenizer, safetensors)...")
-    return Path(snapshot_download(src, allow_patterns=["*.json", "*.safetensors"]))
+    try:
+        return Path(snapshot_download(src, allow_patterns=["*.json", "*.safetensors"]))
+    except Exception as e:  # offline, unknown repo, ...: the hub client has many error types
+        raise FileNotFoundError(f"{src} is not a local folder and could not be fetched from the hub ({e})") from e
 
 
 def load_t5(src: str | Path, dtype: torch.dtype | None = None) -> tuple[T5Config, dict, Path]:

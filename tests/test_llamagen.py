@@ -57,8 +57,13 @@ def gpt_state_dict(task, dim=32, n_layers=2, n_heads=2, vocab=32, ffn=64, num_cl
     return sd
 
 
-def vq_state_dict(codebook=32, embed=8, z=32, ch=32, ch_mult=(1, 2), n_res=1, seed=0):
+def vq_state_dict(codebook=32, embed=8, z=32, ch=32, ch_mult=(1, 2), n_res=1, device="cpu", seed=0):
     """A random VQ state dict with LlamaGen's key names (vq_model.py VQModel), attention at the lowest level."""
+    with torch.device(device):
+        return _vq_state_dict(codebook, embed, z, ch, ch_mult, n_res, seed)
+
+
+def _vq_state_dict(codebook, embed, z, ch, ch_mult, n_res, seed):
     g = torch.Generator().manual_seed(seed)
     sd = {}
 
@@ -128,7 +133,8 @@ def t5_folder(path: Path, dim=16, layers=1, heads=2, d_kv=8, d_ff=24, seed=0) ->
         num_heads=heads, relative_attention_num_buckets=8, relative_attention_max_distance=16,
         feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6, pad_token_id=0, eos_token_id=1)))
     g = torch.Generator().manual_seed(seed)
-    sd = {"shared.weight": torch.randn(len(vocab), dim, generator=g), "encoder.final_layer_norm.weight": torch.ones(dim),
+    sd = {"shared.weight": torch.randn(len(vocab), dim, generator=g),
+          "encoder.final_layer_norm.weight": torch.ones(dim),
           "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": torch.randn(8, heads, generator=g)}
     for i in range(layers):
         p = f"encoder.block.{i}.layer."
@@ -257,6 +263,22 @@ def test_release_files_give_presets_grids_and_parameter_counts():
         assert config.cond_len == (1 if task == "c2i" else 120)
         params = C.convert_gpt(sd, config, name)
         assert sum(v.numel() for v in flatten(params).values()) == sum(v.numel() for v in sd.values())
+
+
+@pytest.mark.parametrize("ch_mult, factor", [((1, 1, 2, 2, 4), 16), ((1, 2, 2, 4), 8)])  # VQ-16, VQ-8
+def test_release_vq_shapes_are_read(ch_mult, factor):
+    sd = vq_state_dict(codebook=16384, z=256, ch=128, ch_mult=ch_mult, n_res=2, device="meta")
+    config, has_encoder = C.infer_vq(sd, "vq.pt")
+    assert has_encoder and config.factor == factor and config.ch_mult == ch_mult and config.num_res_blocks == 2
+    assert config.attn_levels == (len(ch_mult) - 1,) and config.l2_norm and config.z_channels == 256
+    params = C.convert_vq(sd, config, has_encoder, "vq.pt")
+    assert sum(v.numel() for v in flatten(params).values()) == sum(
+        v.numel() for k, v in sd.items() if k != "quantize.codebook_used")
+
+
+def test_missing_file_is_reported(tmp_path, capsys):
+    assert convert("--gpt", tmp_path / "nowhere.pt", "--out", tmp_path / "out") == 1
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_conversion_splits_wqkv_and_ignores_derived_buffers(tmp_path):
