@@ -24,8 +24,8 @@ area), ``transformer.safetensors`` (``--dtype``, default bfloat16 as upstream ru
 ``vq.safetensors`` (float32, BatchNorm running statistics kept, ``num_batches_tracked`` dropped) and
 ``tokenizer.json``.
 
-Tokenizer. Where only the tiktoken files exist, the converter builds an equivalent byte-level BPE
-for the ``tokenizers`` library:
+Tokenizer. Emu3 ships tiktoken files, which the converter turns into an equivalent byte-level BPE
+for the ``tokenizers`` library (written as tokenizer.json):
   1. ``emu3.tiktoken`` lines are ``base64(token bytes) rank``; ranks must be 0..n-1;
   2. each token's bytes become a string through the GPT-2 byte-to-unicode table (the alphabet of
      byte-level BPE), and its rank becomes its id;
@@ -42,6 +42,11 @@ for the ``tokenizers`` library:
      ``emu3_vision_tokens.txt`` (``<|image token|>``, ``<|image start|>``, ``<|image end|>``, the
      visual tokens ``<|visual token 000000|>`` ...). For the release n = 151643, so bos
      (``<|extra_203|>``) is 151849 and visual token 0 is 151854.
+A *-hf repo's config.json carries the same vocabulary as ``vocabulary_map`` (byte-level spellings
+and ids); the converter rebuilds the tokenizer from it the same way, because the tokenizer.json of
+transformers' conversion pre-tokenizes like GPT-2 (digit runs kept together, where upstream splits
+every digit, e.g. in the "90*90" size text). Only where neither exists is a tokenizer.json used as
+shipped.
 The special ids in config.json are checked against the tokenizer; every visual token k must be
 offset + k.
 """
@@ -329,10 +334,8 @@ def byte_alphabet() -> dict[int, str]:
     return table
 
 
-def tiktoken_to_tokenizer(ranks_file: Path, specials_file: Path):
-    """A ``tokenizers.Tokenizer`` equivalent to upstream's tiktoken encoding (see the module doc)."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-
+def read_tiktoken(ranks_file: Path, specials_file: Path) -> tuple[dict[bytes, int], list[str]]:
+    """(ranks, special tokens in id order) from upstream's emu3.tiktoken + emu3_vision_tokens.txt."""
     ranks: dict[bytes, int] = {}
     for n, line in enumerate(ranks_file.read_bytes().splitlines()):
         if not line.strip():
@@ -342,8 +345,35 @@ def tiktoken_to_tokenizer(ranks_file: Path, specials_file: Path):
             ranks[base64.b64decode(token, validate=True)] = int(rank)
         except ValueError as e:
             raise WeightsError(f"{ranks_file} line {n + 1} is not 'base64-token rank' ({e})") from e
+    vision = [s.strip() for s in specials_file.read_text(encoding="utf-8").splitlines() if s.strip()]
+    return ranks, SPECIAL_HEAD + vision
+
+
+def read_vocabulary_map(vmap: dict[str, int]) -> tuple[dict[bytes, int], list[str]]:
+    """(ranks, special tokens in id order) from a *-hf config's vocabulary_map: the same vocabulary,
+    its BPE tokens spelled in the byte-level alphabet, the special tokens from <|endoftext|> on."""
+    if SPECIAL_HEAD[0] not in vmap:
+        raise WeightsError(f"the vocabulary map has no {SPECIAL_HEAD[0]}: not Emu3's vocabulary")
+    first = vmap[SPECIAL_HEAD[0]]
+    back = {c: b for b, c in byte_alphabet().items()}
+    ranks, specials = {}, sorted((i, s) for s, i in vmap.items() if i >= first)
+    for s, i in vmap.items():
+        if i < first:
+            try:
+                ranks[bytes(back[c] for c in s)] = i
+            except KeyError as e:
+                raise WeightsError(f"vocabulary entry {s!r} is not spelled in the byte-level alphabet") from e
+    if [i for i, _ in specials] != list(range(first, first + len(specials))):
+        raise WeightsError(f"the vocabulary map's special tokens are not consecutive ids from {first}")
+    return ranks, [s for _, s in specials]
+
+
+def bpe_tokenizer(ranks: dict[bytes, int], specials: list[str], source: str):
+    """A ``tokenizers.Tokenizer`` that encodes like upstream's tiktoken encoding (see the module doc)."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
     if sorted(ranks.values()) != list(range(len(ranks))):
-        raise WeightsError(f"{ranks_file}: ranks are not 0..{len(ranks) - 1} without gaps or repeats")
+        raise WeightsError(f"{source}: ranks are not 0..{len(ranks) - 1} without gaps or repeats")
     alphabet = byte_alphabet()
     text = lambda b: "".join(alphabet[x] for x in b)  # noqa: E731
     vocab = {text(t): r for t, r in ranks.items()}
@@ -361,29 +391,38 @@ def tiktoken_to_tokenizer(ranks_file: Path, specials_file: Path):
         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel()
-    vision = [s.strip() for s in specials_file.read_text(encoding="utf-8").splitlines() if s.strip()]
-    specials = SPECIAL_HEAD + vision
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
     wrong = [s for i, s in enumerate(specials) if tok.token_to_id(s) != len(ranks) + i]
     if wrong:
-        raise WeightsError(f"special tokens did not get upstream's ids (from {len(ranks)} on): {wrong[:5]}")
+        raise WeightsError(f"{source}: special tokens did not get upstream's ids (from {len(ranks)} on): {wrong[:5]}")
     return tok
 
 
-def load_tokenizer(folder: Path):
-    """(tokenizer, source file name): tokenizer.json if shipped, else the tiktoken files converted."""
+def tiktoken_to_tokenizer(ranks_file: Path, specials_file: Path):
+    """Upstream's tiktoken files as a ``tokenizers.Tokenizer``."""
+    return bpe_tokenizer(*read_tiktoken(ranks_file, specials_file), str(ranks_file))
+
+
+def load_tokenizer(folder: Path, config: dict):
+    """(tokenizer, where it came from). Upstream's tiktoken files where present; else a *-hf
+    config's vocabulary_map rebuilt with upstream's pre-tokenizer (transformers' conversion ships a
+    GPT-2-style tokenizer.json whose pre-tokenizer splits digits differently from the one Emu3 was
+    trained with); else a tokenizer.json as shipped."""
     from tokenizers import Tokenizer
 
+    ranks, specials = folder / "emu3.tiktoken", folder / "emu3_vision_tokens.txt"
+    if ranks.is_file() and specials.is_file():
+        return tiktoken_to_tokenizer(ranks, specials), "emu3.tiktoken + emu3_vision_tokens.txt"
+    if config.get("vocabulary_map"):
+        return bpe_tokenizer(*read_vocabulary_map(config["vocabulary_map"]), "vocabulary_map"), \
+            "config.json vocabulary_map"
     if (folder / "tokenizer.json").is_file():
         try:
             return Tokenizer.from_file(str(folder / "tokenizer.json")), "tokenizer.json"
         except Exception as e:
             raise WeightsError(f"{folder / 'tokenizer.json'} cannot be read ({e})") from e
-    ranks, specials = folder / "emu3.tiktoken", folder / "emu3_vision_tokens.txt"
-    if ranks.is_file() and specials.is_file():
-        return tiktoken_to_tokenizer(ranks, specials), "emu3.tiktoken + emu3_vision_tokens.txt"
-    raise WeightsError(f"no tokenizer in {folder}: expected tokenizer.json, or emu3.tiktoken and "
-                       f"emu3_vision_tokens.txt (pass --tokenizer DIR if they are elsewhere)")
+    raise WeightsError(f"no tokenizer in {folder}: expected emu3.tiktoken and emu3_vision_tokens.txt, a *-hf "
+                       f"config.json with vocabulary_map, or tokenizer.json (pass --tokenizer DIR if they are elsewhere)")
 
 
 def special_ids(tok, config_ids: dict, codebook_size: int, vocab_size: int) -> dict[str, int]:
@@ -435,7 +474,7 @@ def convert(model: Path, vq: Path | None, tokenizer: Path | None, out: Path, dty
     if vq is None and info["layout"] != "hf":
         raise WeightsError(f"{model} has no vision tokenizer: pass --vq PATH/Emu3-VisionTokenizer")
     vq_cfg, vq_params = convert_vq(vq_folder)
-    tok, tok_source = load_tokenizer(tokenizer or model)
+    tok, tok_source = load_tokenizer(tokenizer or model, read_json(model / "config.json"))
     ids = special_ids(tok, info["ids"], vq_cfg.codebook_size, cfg.vocab_size)
     config = dict(
         family="emu3",

@@ -171,8 +171,10 @@ def test_tiktoken_conversion_encodes_like_tiktoken(tmp_path):
     texts = [CORPUS, "a shiba inu masterpiece, film grained, best quality.", "90*90", "720*1280", "  spaced   out \n\n x",
              "it's 12:30PM -- don't!!", "Ünïcödé (combining: e\u0301) ça 東京タワー", "<|extra_203|>a cat<|image start|>9*9<|image token|>",
              "tabs\tand\r\nnewlines", "emoji 🙂🙂 ok"]
+    from_map = C.bpe_tokenizer(*C.read_vocabulary_map(tok.get_vocab()), "vocabulary_map")  # the *-hf route
     for text in texts:
         assert tok.encode(text, add_special_tokens=False).ids == reference_encode(ranks, specials, text), text
+        assert from_map.encode(text, add_special_tokens=False).ids == tok.encode(text, add_special_tokens=False).ids
         assert tok.decode(tok.encode(text, add_special_tokens=False).ids, skip_special_tokens=False) == \
             unicodedata.normalize("NFC", text)
     assert tok.token_to_id("<|extra_203|>") == len(ranks) + 3 + 203
@@ -243,7 +245,7 @@ def test_matches_transformers_emu3_for_causal_lm(tmp_path):
     torch.testing.assert_close(ours[mask.bool()], ref[mask.bool()], atol=ATOL, rtol=0)
 
 
-def test_hf_layout_converts_whole_and_matches_transformers(tmp_path):
+def test_hf_layout_converts_whole_and_matches_transformers(tmp_path, capsys):
     """Emu3ForConditionalGeneration (text model + VQ + vocabulary map + tokenizer.json), the *-hf
     layout, through the converter's command, then compared with transformers."""
     transformers = pytest.importorskip("transformers")
@@ -263,11 +265,15 @@ def test_hf_layout_converts_whole_and_matches_transformers(tmp_path):
     perturb(model, 3)
     src = tmp_path / "Emu3-Gen-hf"
     model.save_pretrained(src)
-    (src / "tokenizer.json").write_text(tok.to_str())
+    gpt2_style = C.bpe_tokenizer(*C.read_vocabulary_map(tok.get_vocab()), "x")
+    gpt2_style.pre_tokenizer = __import__("tokenizers").pre_tokenizers.ByteLevel(add_prefix_space=False)
+    (src / "tokenizer.json").write_text(gpt2_style.to_str())  # what transformers' conversion ships
     out = tmp_path / "converted"
     assert C.main(["--model", str(src), "--out", str(out), "--dtype", "float32"]) == 0
+    assert "vocabulary_map" in capsys.readouterr().out
     pipe = load_pipeline(out)
     assert pipe.family == "emu3" and pipe.ids == {k: v for k, v in ids.items() if k != "vocab"}
+    assert json.loads(pipe.tokenizer.to_str()) == json.loads(tok.to_str())  # upstream's, not the shipped one
     g = torch.Generator().manual_seed(4)
     tokens = torch.randint(0, ids["vocab"], (2, 10), generator=g)
     positions = torch.arange(10).expand(2, 10)

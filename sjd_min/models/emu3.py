@@ -15,7 +15,8 @@ CFG as upstream's generation script (transformers' ``UnbatchedClassifierFreeGuid
 the unconditional context is the negative prompt in the same template, the guidance combines
 log-softmaxed scores ``u + s (c - u)`` (hence ``cfg_on="log_probs"``), and the constraint and
 top-k come after it. Conditional and unconditional rows share one batch here, left-padded to one
-length (mask; positions = cumsum(mask) - 1, what upstream's separate runs use). Defaults as
+length (mask; positions = cumsum(mask) - 1: the positions each row has when upstream runs it with
+no padding, so padding changes nothing). Defaults as
 upstream's scripts: cfg 3.0, top-k 2048, temperature 1, 720x720 (the config's image_area), the
 positive suffix and negative prompt of upstream's demos.
 

@@ -47,6 +47,7 @@ class Emu3VQConfig(VQConfig):
     bn_eps: float = 1e-5  # BatchNorm3d epsilon of the temporal res blocks
 
     def __post_init__(self):
+        getattr(super(), "__post_init__", lambda: None)()
         if self.z_channels != self.embed_dim:
             raise ValueError(f"Emu3's VQ needs z_channels == embed_dim, got {self.z_channels} and {self.embed_dim}")
         if self.temporal_factor < 1 or self.temporal_factor & (self.temporal_factor - 1):
