@@ -137,6 +137,7 @@ def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dt
     """A converted Emu3 folder (convert/emu3.py). dtype None: the stored one on GPU, float32 on CPU.
     The vision tokenizer always runs in float32."""
     from tokenizers import Tokenizer
+    from torch._subclasses.fake_tensor import FakeTensorMode
 
     folder = Path(folder)
     config, tensors = read_folder(folder, ["transformer", "vq"], device=device)
@@ -152,9 +153,9 @@ def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dt
     if ids["visual_offset"] + vconf.codebook_size > tconf.vocab_size:
         raise WeightsError(f"{folder}: visual tokens from {ids['visual_offset']} ({vconf.codebook_size} codes) "
                            f"exceed the vocabulary ({tconf.vocab_size})")
-    with torch.device("meta"):
-        problems = check_tree(tensors["transformer"], T.init_params(tconf, torch.Generator()))
-        problems += check_tree(tensors["vq"], V.init_params(vconf, torch.Generator()))
+    with FakeTensorMode():  # the expected layout as shapes only (no memory for 8B random weights)
+        expected = T.init_params(tconf, torch.Generator()), V.init_params(vconf, torch.Generator())
+    problems = check_tree(tensors["transformer"], expected[0]) + check_tree(tensors["vq"], expected[1])
     if problems:
         raise WeightsError(f"{folder} does not match its config.json: {'; '.join(problems[:10])}")
     if not (folder / "tokenizer.json").is_file():
