@@ -53,6 +53,14 @@ IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # a buffer older saves include
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def shapes_of(init, config) -> dict:
+    """The parameter layout `init(config, generator)` makes, as fake tensors (no memory)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        return init(config, torch.Generator())
+
+
 def _fail(what: str, problems: list[str]) -> None:
     if problems:
         raise WeightsError(f"{what}:\n  - " + "\n  - ".join(problems))
@@ -184,8 +192,7 @@ def convert_transformer(hf: dict, state: dict[str, Tensor], config: T.Config) ->
         flat[names[key]] = t
     problems += [f"missing {k}" for k in names if k not in state]
     params = unflatten(flat)
-    with torch.device("meta"):
-        expected = T.init_params(config, torch.Generator())
+    expected = shapes_of(T.init_params, config)
     problems += [p for p in check_tree(params, expected) if not p.startswith("missing ")]
     _fail("the language-model weights do not match their config.json", problems)
     return params
@@ -337,8 +344,7 @@ def convert_vqgan(state: dict[str, Tensor], config: V.VQConfig) -> dict:
         path = names[base]
         flat[path if base == "quantize.embedding" else f"{path}.{'w' if leaf == 'weight' else 'b'}"] = t
     params = unflatten(flat)
-    with torch.device("meta"):
-        expected = V.init_params(config, torch.Generator())
+    expected = shapes_of(V.init_params, config)
     back = {v: k for k, v in names.items()}
 
     def taming(path: str) -> str:

@@ -143,6 +143,7 @@ def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dt
     """A converted Lumina-mGPT folder (convert/lumina_mgpt.py). dtype None: the stored one on GPU,
     float32 on CPU. The VQGAN always runs in float32."""
     from tokenizers import Tokenizer
+    from torch._subclasses.fake_tensor import FakeTensorMode
 
     folder = Path(folder)
     config, tensors = read_folder(folder, ["transformer", "vq"], device=device)
@@ -162,9 +163,9 @@ def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dt
     if vconf.factor * layout["grid_tokens"] != layout["grid_px"]:
         raise WeightsError(f"{folder}: the VQGAN downsamples {vconf.factor}x, but the layout puts "
                            f"{layout['grid_tokens']} tokens on {layout['grid_px']} px")
-    with torch.device("meta"):
-        problems = check_tree(tensors["transformer"], T.init_params(tconf, torch.Generator()))
-        problems += check_tree(tensors["vq"], V.init_params(vconf, torch.Generator()))
+    with FakeTensorMode():  # the expected layout as shapes only (no memory for 7B random weights)
+        expected = T.init_params(tconf, torch.Generator()), V.init_params(vconf, torch.Generator())
+    problems = check_tree(tensors["transformer"], expected[0]) + check_tree(tensors["vq"], expected[1])
     if problems:
         raise WeightsError(f"{folder} does not match its config.json: {'; '.join(problems[:10])}")
     tok_path = folder / config.get("text_tokenizer", "text_tokenizer.json")
