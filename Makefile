@@ -8,7 +8,7 @@ TORCH_CPU ?= 2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test env clean
+.PHONY: demo test env clean bench gpu-check
 
 $(STAMP): pyproject.toml
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
@@ -27,6 +27,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python examples/bench.py
+
+# On a GPU machine: the machine's own python3 and torch, no virtualenv (see examples/gpu_check.py).
+gpu-check:
+	PYTHONPATH=. $(PYTHON) examples/gpu_check.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

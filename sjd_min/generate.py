@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch import Tensor
 
 from .ar import ar_decode
@@ -80,8 +79,10 @@ def default_sampler(pipeline: Pipeline, **overrides) -> Sampler:
 # ----------------------------------------------------------------------------- pictures
 
 
-def to_pil(image: Tensor) -> Image.Image:
-    """[3, H, W] in [-1, 1] -> an RGB image."""
+def to_pil(image: Tensor):
+    """[3, H, W] in [-1, 1] -> an RGB PIL image."""
+    from PIL import Image
+
     x = ((image.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(x)
 
@@ -97,9 +98,11 @@ def colormap(t: float) -> tuple[int, int, int]:
     return tuple(round(a + (b - a) * f) for a, b in zip(_VIRIDIS[i], _VIRIDIS[i + 1]))
 
 
-def heatmap(commit_call: Tensor, image_slots: Tensor, cell: int = 16) -> Image.Image:
+def heatmap(commit_call: Tensor, image_slots: Tensor, cell: int = 16):
     """Each image token coloured by the model call that committed it (dark: early, yellow: late);
     runs of one colour are tokens committed together."""
+    from PIL import Image
+
     calls = commit_call[image_slots].float()  # h w
     top = max(float(calls.max()), 1.0)
     h, w = calls.shape
@@ -108,10 +111,9 @@ def heatmap(commit_call: Tensor, image_slots: Tensor, cell: int = 16) -> Image.I
     return img.resize((w * cell, h * cell), Image.NEAREST)
 
 
-def grid(images: list[list[Image.Image]], labels_left: list[str] | None = None, labels_top: list[str] | None = None,
-         pad: int = 4) -> Image.Image:
-    """Images in rows and columns with optional text labels (Pillow's default font)."""
-    from PIL import ImageDraw
+def grid(images: list, labels_left: list[str] | None = None, labels_top: list[str] | None = None, pad: int = 4):
+    """PIL images in rows and columns with optional text labels (Pillow's default font)."""
+    from PIL import Image, ImageDraw
 
     cw = max(im.width for row in images for im in row)
     ch = max(im.height for row in images for im in row)
