@@ -10,8 +10,8 @@ least ``SIZES["small"]`` pixels wide so that a 4x-downsampling VQ keeps their ou
 
 The checker (``check``) reads an image back without knowing how it was made: every pixel takes
 the nearest palette colour; each named object is the largest 4-connected blob of its colour, whose
-bounding box gives the size, whose fill ratio (pixels / box area) gives the shape (square ~1.0,
-circle ~0.78, triangle ~0.55), and whose box centre gives the position. Colours the caption does not
+bounding box gives the size, whose fill ratio (pixels / box area) gives the shape (square 1.0,
+circle ~0.77, triangle ~0.53), and whose box centre gives the position. Colours the caption does not
 name must be absent. It scores ground-truth renders 100% (tests/test_scenes.py).
 """
 
@@ -22,6 +22,7 @@ import random
 from collections import deque
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 IMAGE = 32  # image side in pixels
@@ -35,7 +36,8 @@ COLOURS = {  # name -> RGB; pairwise distances >= 130, so a blurred edge never r
     "white": (240, 240, 240),
 }
 SHAPES = ("circle", "square", "triangle")
-SIZES = {"small": 10, "big": 15}  # side of the bounding box in pixels
+SIZES = {"small": 10, "big": 16}  # side of the bounding box in pixels
+STEP = 2  # objects sit on a 2-px lattice: fewer distinct 4x4 patches for the VQ to tell apart
 WHERE = {  # single-object position phrase -> key
     "on the left": "left",
     "on the right": "right",
@@ -134,13 +136,12 @@ def sample_scene(rng: random.Random, p_two: float = 0.6) -> Scene:
 
 
 def _box(rng: random.Random, s: int, region: str) -> tuple[int, int]:
-    """Top-left corner of an s x s box inside a region of the image."""
+    """Top-left corner (on the STEP lattice) of an s x s box inside a region of the image."""
     half, full = IMAGE // 2, IMAGE - s
     x = {"left": (0, half - s), "right": (half, full), "center": (half - s // 2 - 2, half - s // 2 + 2)}
     y = {"top": (0, half - s), "bottom": (half, full), "center": (half - s // 2 - 2, half - s // 2 + 2)}
-    xr = x.get(region, (0, full))
-    yr = y.get(region, (0, full))
-    return rng.randint(*xr), rng.randint(*yr)
+    (x0, x1), (y0, y1) = x.get(region, (0, full)), y.get(region, (0, full))
+    return STEP * rng.randint(x0 // STEP, x1 // STEP), STEP * rng.randint(y0 // STEP, y1 // STEP)
 
 
 def _draw(draw: ImageDraw.ImageDraw, o: Obj, x: int, y: int) -> None:
@@ -176,6 +177,22 @@ def make(seed: int, p_two: float = 0.6) -> tuple[str, Image.Image]:
     rng = random.Random(seed)
     scene = sample_scene(rng, p_two)
     return scene.caption, render(scene, rng)
+
+
+def batch(seeds, p_two: float = 0.6) -> tuple[list[str], torch.Tensor]:
+    """Captions and images [b, 3, IMAGE, IMAGE] in [-1, 1] of the scenes numbered `seeds`."""
+    captions, pixels = [], []
+    for seed in seeds:
+        caption, image = make(int(seed), p_two)
+        captions.append(caption)
+        pixels.append(np.asarray(image))
+    x = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return captions, x
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Images [b, 3, H, W] in [-1, 1] -> uint8 [b, H, W, 3] (what `check` reads)."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 def eval_captions(n: int = 360, seed: int = 12345) -> list[str]:
