@@ -228,8 +228,8 @@ def test_matches_transformers_emu3_for_causal_lm(tmp_path):
     transformers = pytest.importorskip("transformers")
     text = transformers.Emu3TextConfig(
         vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, rope_parameters=dict(rope_type="default",
-                                                                                                rope_theta=1e6))
+        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        rope_parameters=dict(rope_type="default", rope_theta=1e6))
     model = transformers.Emu3ForCausalLM(text).eval()
     perturb(model, 0)
     model.save_pretrained(tmp_path)
