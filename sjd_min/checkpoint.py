@@ -146,3 +146,26 @@ def load_torch_file(path: str | os.PathLike) -> dict:
             f"truncated download, fetch it again; if it holds pickled objects, load it yourself in a trusted "
             f"environment and re-save its state dict with torch.save."
         ) from e
+
+
+def cast(tree, dtype: torch.dtype):
+    """A nested parameter dict with every tensor in `dtype`."""
+    if isinstance(tree, Tensor):
+        return tree.to(dtype)
+    if isinstance(tree, dict):
+        return {k: cast(v, dtype) for k, v in tree.items()}
+    return [cast(v, dtype) for v in tree]
+
+
+def check_shapes(folder, tensors: dict[str, dict], expected: dict) -> None:
+    """WeightsError listing every missing, unexpected or mis-shaped tensor of a loaded folder.
+    `expected` maps each name to a function that builds the expected parameters; it runs on fake
+    tensors, so checking a 34B layout costs no memory."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        layouts = {name: build() for name, build in expected.items()}
+    problems = [p for name, layout in layouts.items() for p in check_tree(tensors[name], layout, f"{name}.")]
+    if problems:
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        raise WeightsError(f"{folder} does not match its config.json: {'; '.join(problems[:10])}{more}")
