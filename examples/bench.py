@@ -144,7 +144,8 @@ def bench_real(device, window: int = 16, iters: int = 20, budget: float = 1e9) -
             continue
         cfg = T.Config(**{**T.PRESETS[preset], **fields})
         gen = torch.Generator(device=device).manual_seed(0)
-        params = T.init_params(cfg, gen, dtype=torch.bfloat16)
+        with torch.device(device):
+            params = T.init_params(cfg, gen, dtype=torch.bfloat16)
         weight_bytes = 2 * (T.param_count(params) - params["embed"].numel())  # the embedding is gathered, not read
         sampler = Sampler(top_k=2000, cfg_scale=4.0)
         x = (torch.randn(2, prompt_len, cfg.dim, device=device, dtype=torch.bfloat16) if cfg.cond == "caption"

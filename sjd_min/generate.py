@@ -39,8 +39,7 @@ def decode_job(job: Job, method: str, generator: torch.Generator, window: int = 
     if method == "ar":
         return ar_decode(job.model, job.prefix, job.n_tokens, job.sampler, job.constraint, generator, progress,
                          compiled=compiled)
-    jc = JacobiConfig(window=window, refresh=REFRESH_OF[method], init=init, row_width=job.row_width,
-                      draft_range=job.draft_range)
+    jc = JacobiConfig(window=window, refresh=REFRESH_OF[method], init=init, row_width=job.layout.row_width)
     return sjd_decode(job.model, job.prefix, job.n_tokens, job.sampler, job.constraint, generator, jc, progress,
                       compiled=compiled)
 

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from .checkpoint import WeightsError, read_folder
 from .decoding import Constraint, ModelFn, Prefix
+from .layout import ImageLayout
 from .sampling import Sampler
 
 
@@ -26,13 +27,21 @@ from .sampling import Sampler
 class Job:
     model: ModelFn  # (tokens, positions, cache) -> (logits, cache)
     prefix: Prefix  # state after the prompt(s); CFG rows included when sampler.cfg
-    n_tokens: int  # output tokens to decode per image (image tokens plus layout tokens)
-    constraint: Constraint  # allowed ids per output position (end-of-row, end-of-image, image range)
+    layout: ImageLayout  # where the image sits in the output: n_tokens, constraint, rows
     sampler: Sampler
-    row_width: int  # output tokens per image row, end-of-row token included (vertical drafts)
-    image_slots: Tensor  # [h, w] output offset of each image token, row-major (heatmaps)
     decode: Callable[[Tensor], Tensor]  # output tokens [b, n_tokens] -> pixels [b, 3, H, W] in [-1, 1]
-    draft_range: tuple[int, int] | None = None  # ids for random drafts; None = the constraint's range
+
+    @property
+    def n_tokens(self) -> int:
+        return self.layout.n_tokens
+
+    @property
+    def constraint(self) -> Constraint:
+        return self.layout.constraint(self.prefix.logits.device)
+
+    @property
+    def image_slots(self) -> Tensor:
+        return self.layout.image_slots(self.prefix.logits.device)
 
 
 @runtime_checkable  # so that `-> Pipeline` annotations can be checked at run time (jaxtyping + beartype)

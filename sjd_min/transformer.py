@@ -108,15 +108,15 @@ def param_count(params) -> int:
 
 
 def init_params(config: Config, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> Params:
-    """Random parameters (normal / sqrt(fan_in)) on the generator's device; the layout every converter writes."""
+    """Random parameters (normal / sqrt(fan_in)); the layout every converter writes. They are made on the
+    default device (`with torch.device(...)`: "meta" for shapes only, "cuda" with a CUDA generator)."""
     c = config
-    dev = generator.device
 
     def mat(rows: int, cols: int) -> Tensor:
-        return torch.randn(rows, cols, generator=generator, dtype=dtype, device=dev) / math.sqrt(cols)
+        return torch.randn(rows, cols, generator=generator, dtype=dtype) / math.sqrt(cols)
 
     def norm(*shape: int) -> Tensor:
-        return torch.ones(*shape, dtype=dtype, device=dev)
+        return torch.ones(*shape, dtype=dtype)
 
     layers = []
     for _ in range(c.n_layers):
@@ -127,23 +127,23 @@ def init_params(config: Config, generator: torch.Generator, dtype: torch.dtype =
             wo=mat(c.dim, c.n_heads * c.head_dim),
         )
         if c.qk_norm:
-            attn["q_norm"] = dict(w=norm(c.n_heads, c.head_dim), b=torch.zeros(c.n_heads, c.head_dim, dtype=dtype, device=dev))
-            attn["k_norm"] = dict(w=norm(c.kv_heads, c.head_dim), b=torch.zeros(c.kv_heads, c.head_dim, dtype=dtype, device=dev))
+            attn["q_norm"] = dict(w=norm(c.n_heads, c.head_dim), b=torch.zeros(c.n_heads, c.head_dim, dtype=dtype))
+            attn["k_norm"] = dict(w=norm(c.kv_heads, c.head_dim), b=torch.zeros(c.kv_heads, c.head_dim, dtype=dtype))
         mlp = dict(w_gate=mat(c.ffn_dim, c.dim), w_up=mat(c.ffn_dim, c.dim), w_down=mat(c.dim, c.ffn_dim))
         layers.append(dict(attn_norm=norm(c.dim), attn=attn, mlp_norm=norm(c.dim), mlp=mlp))
     params: Params = dict(
-        embed=torch.randn(c.vocab_size, c.dim, generator=generator, dtype=dtype, device=dev),
+        embed=torch.randn(c.vocab_size, c.dim, generator=generator, dtype=dtype),
         layers=layers,
         norm=norm(c.dim),
         head=mat(c.vocab_size, c.dim),
     )
     if c.cond == "class":
-        params["cond"] = dict(table=torch.randn(c.num_classes + 1, c.dim, generator=generator, dtype=dtype, device=dev))
+        params["cond"] = dict(table=torch.randn(c.num_classes + 1, c.dim, generator=generator, dtype=dtype))
     elif c.cond == "caption":
         params["cond"] = dict(
             fc1=mat(c.dim, c.caption_dim),
             fc2=mat(c.dim, c.dim),
-            null=torch.randn(c.cond_len, c.caption_dim, generator=generator, dtype=dtype, device=dev) / math.sqrt(c.caption_dim),
+            null=torch.randn(c.cond_len, c.caption_dim, generator=generator, dtype=dtype) / math.sqrt(c.caption_dim),
         )
     return params
 

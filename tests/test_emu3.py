@@ -397,7 +397,7 @@ def test_layout_and_end_tokens_for_every_method(tiny, method):
     images, result, job = generate(pipe, ["a red circle", "two green triangles and a star"], method, sampler,
                                    seed=1, window=4, init="vertical", size=size)[:3]
     n = side * (side + 1) + 3
-    assert job.n_tokens == n and job.row_width == side + 1 and job.draft_range == pipe.visual_range
+    assert job.n_tokens == n and job.layout.row_width == side + 1 and job.layout.image_range == pipe.visual_range
     tokens = result.tokens
     assert tokens.shape == (2, n)
     grid = tokens[:, : side * (side + 1)].reshape(2, side, side + 1)

@@ -233,7 +233,7 @@ def test_oracle_gpt_and_vq_make_one_pipeline(oracles, tmp_path):
     g = pipe.gpt.grid
     assert pipe.image_size == g * pipe.vq_config.factor
     job = pipe.job(["3", "1"], Sampler(cfg_scale=4.0))
-    assert job.prefix.logits.shape[0] == 4 and job.n_tokens == g * g and job.row_width == g
+    assert job.prefix.logits.shape[0] == 4 and job.n_tokens == g * g and job.layout.row_width == g
     assert job.decode(torch.zeros(2, g * g, dtype=torch.long)).shape == (2, 3, pipe.image_size, pipe.image_size)
 
 

@@ -172,8 +172,8 @@ def test_job_layout(pipeline, size):
     job = pipeline.job(["a red circle"], Sampler(cfg_scale=3.0, top_k=2000), size)
     lo_img, hi_img = pipeline.image_range
     assert job.n_tokens == s * (s + 1) + 1  # 768: 2353
-    assert job.row_width == s + 1 and tuple(job.image_slots.shape) == (s, s)
-    assert job.draft_range == (lo_img, hi_img)
+    assert job.layout.row_width == s + 1 and tuple(job.image_slots.shape) == (s, s)
+    assert job.layout.image_range == (lo_img, hi_img)
     lo, hi = job.constraint.lo, job.constraint.hi
     eol = torch.arange(s) * (s + 1) + s
     assert torch.equal(lo[eol], torch.full((s,), pipeline.layout["end_of_line"])) and torch.equal(hi[eol], lo[eol] + 1)

@@ -35,8 +35,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from .. import transformer as T
-from ..checkpoint import WeightsError, check_tree, read_folder
-from ..decoding import Constraint
+from ..checkpoint import WeightsError, cast, check_shapes, read_folder
+from ..layout import ImageLayout, prefill_prompts
 from ..pipeline import Job
 from ..sampling import Sampler
 from ..vq import emu3 as V
@@ -45,7 +45,6 @@ FAMILY = "emu3"
 POSITIVE = " masterpiece, film grained, best quality."  # appended to every prompt by upstream's demos
 NEGATIVE = ("lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, cropped, "
             "worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, username, blurry.")
-WINDOW_MARGIN = 64  # spare cache slots per row past the output: the largest Jacobi window a job allows
 ID_KEYS = ("bos", "eos", "pad", "img", "boi", "eoi", "eol", "eof", "visual_offset")
 DEFAULTS = dict(cfg_scale=3.0, cfg_on="log_probs", top_k=2048, top_p=None, temperature=1.0)
 
@@ -85,60 +84,36 @@ class Emu3:
             raise ValueError(f"the text tokenizer produced id {max(out)} beyond the vocabulary ({self.config.vocab_size})")
         return out
 
-    def layout_of(self, side: int) -> tuple[int, Constraint, Tensor]:
-        """(output tokens, per-position constraint, [h, w] output offset of every visual token)."""
-        h = w = side
-        n = h * (w + 1) + 3
-        device = self.vq_params["codebook"].device
-        lo, hi = (torch.tensor(v, device=device).expand(n).clone() for v in self.visual_range)
-        forced = torch.cat([torch.arange(1, h + 1, device=device) * (w + 1) - 1,  # the last slot of every row
-                            torch.arange(h * (w + 1), n, device=device)])  # eof, eoi, eos
-        tokens = torch.tensor([self.ids["eol"]] * h + [self.ids["eof"], self.ids["eoi"], self.ids["eos"]], device=device)
-        lo[forced], hi[forced] = tokens, tokens + 1
-        slots = torch.arange(h, device=device)[:, None] * (w + 1) + torch.arange(w, device=device)  # h w
-        return n, Constraint(lo, hi), slots
+    def image_layout(self, side: int) -> ImageLayout:
+        """h rows of (w visual tokens, eol), then eof, eoi, eos."""
+        ids = self.ids
+        return ImageLayout(side, side, self.visual_range, eol=ids["eol"], tail=(ids["eof"], ids["eoi"], ids["eos"]))
 
     def job(self, prompts: list[str], sampler: Sampler, size: int | None = None) -> Job:
         size = size or self.defaults["size"]
         side = self.grid(size)
-        n, constraint, slots = self.layout_of(side)
+        layout = self.image_layout(side)
         rows = [self.prompt_ids(p + self.positive, side) for p in prompts]
         if sampler.cfg:
             rows += [self.prompt_ids(self.negative, side)] * len(prompts)
         length = max(len(r) for r in rows)
-        if length + n > self.max_positions:
-            raise ValueError(f"{size}x{size} needs {length + n} positions (prompt {length} + image {n}); the model "
-                             f"was trained for {self.max_positions}: choose a smaller --size")
-        device = self.vq_params["codebook"].device
-        ids = torch.full((len(rows), length), self.ids["pad"], dtype=torch.long)
-        mask = torch.zeros(len(rows), length, dtype=torch.bool)
-        for i, r in enumerate(rows):  # left padding
-            ids[i, length - len(r):] = torch.tensor(r)
-            mask[i, length - len(r):] = True
-        ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
-        prefix = T.prefill(self.params, self.config, ids, positions, length + n + WINDOW_MARGIN, mask)
-        return Job(
-            model=T.model_fn(self.params, self.config), prefix=prefix, n_tokens=n, constraint=constraint,
-            sampler=sampler, row_width=side + 1, image_slots=slots,
-            decode=lambda tokens: self.decode(tokens, slots), draft_range=self.visual_range,
-        )
+        if length + layout.n_tokens > self.max_positions:
+            raise ValueError(f"{size}x{size} needs {length + layout.n_tokens} positions (prompt {length} + image "
+                             f"{layout.n_tokens}); the model was trained for {self.max_positions}: choose a smaller --size")
+        prefix = prefill_prompts(self.params, self.config, rows, self.ids["pad"], layout.n_tokens,
+                                 self.vq_params["codebook"].device)
+        return Job(model=T.model_fn(self.params, self.config), prefix=prefix, layout=layout, sampler=sampler,
+                   decode=lambda tokens: self.decode(tokens, layout))
 
-    def decode(self, tokens: Int[Tensor, "b n"], slots: Int[Tensor, "h w"]) -> Float[Tensor, "b 3 H W"]:
+    def decode(self, tokens: Int[Tensor, "b n"], layout: ImageLayout) -> Float[Tensor, "b 3 H W"]:
         """Output tokens -> pixels in about [-1, 1] (not clamped, as upstream's decoder)."""
-        lo, hi = self.visual_range
-        vis = tokens[:, slots]  # b h w
-        if bool(((vis < lo) | (vis >= hi)).any()):
-            raise ValueError("a non-visual token sits at an image position; the layout constraint was not applied")
-        return V.decode(self.vq_params, self.vq_config, vis - lo).float()
+        return V.decode(self.vq_params, self.vq_config, layout.image_tokens(tokens) - self.visual_range[0]).float()
 
 
 def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Emu3:
     """A converted Emu3 folder (convert/emu3.py). dtype None: the stored one on GPU, float32 on CPU.
     The vision tokenizer always runs in float32."""
     from tokenizers import Tokenizer
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     folder = Path(folder)
     config, tensors = read_folder(folder, ["transformer", "vq"], device=device)
     if config.get("family") != FAMILY:
@@ -153,29 +128,19 @@ def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dt
     if ids["visual_offset"] + vconf.codebook_size > tconf.vocab_size:
         raise WeightsError(f"{folder}: visual tokens from {ids['visual_offset']} ({vconf.codebook_size} codes) "
                            f"exceed the vocabulary ({tconf.vocab_size})")
-    with FakeTensorMode():  # the expected layout as shapes only (no memory for 8B random weights)
-        expected = T.init_params(tconf, torch.Generator()), V.init_params(vconf, torch.Generator())
-    problems = check_tree(tensors["transformer"], expected[0]) + check_tree(tensors["vq"], expected[1])
-    if problems:
-        raise WeightsError(f"{folder} does not match its config.json: {'; '.join(problems[:10])}")
+    check_shapes(folder, tensors, dict(transformer=lambda: T.init_params(tconf, torch.Generator()),
+                                       vq=lambda: V.init_params(vconf, torch.Generator())))
     if not (folder / "tokenizer.json").is_file():
         raise WeightsError(f"{folder} lacks tokenizer.json; convert the weights again")
     params = tensors["transformer"]
     if dtype is None and torch.device(device).type == "cpu":
         dtype = torch.float32
     if dtype is not None:
-        params = _cast(params, dtype)
+        params = cast(params, dtype)
     size = side - side % vconf.factor
     return Emu3(
-        params=params, config=tconf, vq_params=_cast(tensors["vq"], torch.float32), vq_config=vconf, ids=ids,
+        params=params, config=tconf, vq_params=cast(tensors["vq"], torch.float32), vq_config=vconf, ids=ids,
         tokenizer=Tokenizer.from_file(str(folder / "tokenizer.json")),
         defaults=dict(DEFAULTS, size=size), max_positions=int(config.get("max_positions", 9216)),
     )
 
-
-def _cast(tree, dtype: torch.dtype):
-    if isinstance(tree, Tensor):
-        return tree.to(dtype)
-    if isinstance(tree, dict):
-        return {k: _cast(v, dtype) for k, v in tree.items()}
-    return [_cast(v, dtype) for v in tree]

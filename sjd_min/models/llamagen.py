@@ -28,15 +28,15 @@ from torch import Tensor
 
 from .. import t5 as T5
 from .. import transformer as T
-from ..checkpoint import WeightsError, check_tree, read_folder
-from ..decoding import Constraint, Prefix
+from ..checkpoint import WeightsError, cast, check_shapes, read_folder
+from ..decoding import Prefix
+from ..layout import WINDOW_MARGIN, ImageLayout
 from ..pipeline import Job
 from ..sampling import Sampler
 from ..vq import vqgan as V
 
 Mask = Bool[Tensor, "b c"] | Int[Tensor, "b c"]  # 1 / True = a valid caption slot (upstream uses 0 / 1 ints)
 FAMILY = "llamagen"
-WINDOW_MARGIN = 64  # spare cache slots per row past the output: the largest Jacobi window a job allows
 DEFAULTS = {  # upstream sample_c2i.py / sample_t2i.py
     "c2i": dict(cfg_scale=4.0, top_k=2000, top_p=None, temperature=1.0, cfg_on="logits"),
     "t2i": dict(cfg_scale=7.5, top_k=1000, top_p=None, temperature=1.0, cfg_on="logits"),
@@ -101,15 +101,14 @@ def prefix(gpt: GPT, cond: Tensor, mask: Mask | None, sampler: Sampler) -> Prefi
     return T.prefill(gpt.params, gpt.config, emb, positions, c + gpt.grid**2 + WINDOW_MARGIN, mask)
 
 
+def image_layout(gpt: GPT) -> ImageLayout:
+    """g rows of g VQ codes, no end-of-row token: every output token is a free code."""
+    return ImageLayout(gpt.grid, gpt.grid, (0, gpt.config.vocab_size))
+
+
 def make_job(gpt: GPT, cond: Tensor, mask: Mask | None, sampler: Sampler, decode) -> Job:
-    """A Job for the generic decoders: every output token a free VQ code, g per image row."""
-    pre = prefix(gpt, cond, mask, sampler)
-    g, device = gpt.grid, pre.logits.device
-    return Job(
-        model=T.model_fn(gpt.params, gpt.config), prefix=pre, n_tokens=g * g,
-        constraint=Constraint.free(g * g, gpt.config.vocab_size, device=device), sampler=sampler,
-        row_width=g, image_slots=torch.arange(g * g, device=device).view(g, g), decode=decode,
-    )
+    return Job(model=T.model_fn(gpt.params, gpt.config), prefix=prefix(gpt, cond, mask, sampler),
+               layout=image_layout(gpt), sampler=sampler, decode=decode)
 
 
 def move_padding_left(feats: Float[Tensor, "b c e"], mask: Mask) -> tuple[Tensor, Tensor]:
@@ -187,16 +186,8 @@ class LlamaGen:
 
     def decode(self, tokens: Int[Tensor, "b n"]) -> Float[Tensor, "b 3 H W"]:
         """Output tokens (VQ codes, row-major) -> pixels in about [-1, 1] (not clamped)."""
-        g = self.gpt.grid
-        return V.decode(self.vq_params, self.vq_config, tokens.view(-1, g, g)).float()
+        return V.decode(self.vq_params, self.vq_config, image_layout(self.gpt).image_tokens(tokens)).float()
 
-
-def _cast(tree, dtype: torch.dtype):
-    if isinstance(tree, Tensor):
-        return tree.to(dtype)
-    if isinstance(tree, dict):
-        return {k: _cast(v, dtype) for k, v in tree.items()}
-    return [_cast(v, dtype) for v in tree]
 
 
 def _read(folder: Path, names: list[str], device) -> tuple[dict, dict]:
@@ -204,15 +195,6 @@ def _read(folder: Path, names: list[str], device) -> tuple[dict, dict]:
     if config.get("family") != FAMILY:
         raise WeightsError(f"{folder} holds family {config.get('family')!r}, not {FAMILY!r}")
     return config, tensors
-
-
-def _checked(folder: Path, params: dict, expected_fn, what: str) -> dict:
-    with torch.device("meta"):
-        problems = check_tree(params, expected_fn())
-    if problems:
-        raise WeightsError(f"{folder}/{what}.safetensors does not match its config.json: {'; '.join(problems[:10])}"
-                           f"; convert the weights again")
-    return params
 
 
 def load_gpt(folder: str | Path, device="cpu", dtype: torch.dtype | None = None) -> GPT:
@@ -223,10 +205,11 @@ def load_gpt(folder: str | Path, device="cpu", dtype: torch.dtype | None = None)
         tconf, task = T.Config(**config["transformer"]), config["task"]
     except (KeyError, TypeError, ValueError) as e:
         raise WeightsError(f"{folder}/config.json is incomplete or invalid ({e}); convert the weights again") from e
-    params = _checked(folder, tensors["transformer"], lambda: T.init_params(tconf, torch.Generator()), "transformer")
+    check_shapes(folder, tensors, dict(transformer=lambda: T.init_params(tconf, torch.Generator())))
+    params = tensors["transformer"]
     if dtype is None and torch.device(device).type == "cpu":
         dtype = torch.float32
-    return GPT(_cast(params, dtype) if dtype is not None else params, tconf, task)
+    return GPT(cast(params, dtype) if dtype is not None else params, tconf, task)
 
 
 def load_vq(folder: str | Path, device="cpu") -> tuple[V.VQConfig, dict]:
@@ -239,8 +222,8 @@ def load_vq(folder: str | Path, device="cpu") -> tuple[V.VQConfig, dict]:
         raise WeightsError(f"{folder}/config.json is incomplete or invalid ({e}); convert the weights again") from e
     params = tensors["vq"]
     has_encoder = "encoder" in params
-    _checked(folder, params, lambda: V.init_params(vconf, torch.Generator(), encoder=has_encoder), "vq")
-    return vconf, _cast(params, torch.float32)
+    check_shapes(folder, tensors, dict(vq=lambda: V.init_params(vconf, torch.Generator(), encoder=has_encoder)))
+    return vconf, cast(params, torch.float32)
 
 
 def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> LlamaGen:
@@ -259,7 +242,7 @@ def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dt
     text = None
     if gpt.task == "t2i" and "t5" in config:
         t5_config, t5_params, tok = T5.load(folder, device, config.get("t5_tokenizer", "t5_tokenizer.json"))
-        text = TextEncoder(_cast(t5_params, gpt.params["embed"].dtype), t5_config, tok,
+        text = TextEncoder(cast(t5_params, gpt.params["embed"].dtype), t5_config, tok,
                            config.get("t5_max_length", gpt.config.cond_len))
     image_size = gpt.grid * vq_config.factor
     return LlamaGen(gpt, vq_params, vq_config, image_size, text, defaults={**DEFAULTS[gpt.task], "size": image_size})

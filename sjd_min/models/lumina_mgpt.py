@@ -36,15 +36,14 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from .. import transformer as T
-from ..checkpoint import WeightsError, check_tree, read_folder
-from ..decoding import Constraint
+from ..checkpoint import WeightsError, cast, check_shapes, read_folder
+from ..layout import ImageLayout, prefill_prompts
 from ..pipeline import Job
 from ..sampling import Sampler
 from ..vq import vqgan as V
 
 FAMILY = "lumina_mgpt"
 PROMPT = "Generate an image of {w}x{h} according to the following prompt:\n{text}"
-WINDOW_MARGIN = 64  # spare cache slots per row past the output: the largest Jacobi window a job allows
 LAYOUT_KEYS = ("bos", "pad", "end_of_turn", "image_start", "image_end", "end_of_line", "size_token_base",
                "grid_px", "grid_tokens")
 
@@ -86,52 +85,30 @@ class LuminaMGPT:
             raise ValueError(f"the text tokenizer produced id {max(out)} beyond the vocabulary ({self.config.vocab_size})")
         return out
 
-    def layout_of(self, size: int) -> tuple[int, Constraint, Tensor]:
-        """(output tokens, per-position constraint, [h, w] output offset of every image token)."""
-        _, s = self.grid(size)
-        h = w = s
-        n = h * (w + 1) + 1
-        lo_img, hi_img = self.image_range
-        device = self.image_ids.device
-        c = Constraint.range(n, lo_img, hi_img, device=device)
-        eol = torch.arange(h, device=device) * (w + 1) + w  # the last slot of every row
-        lo, hi = c.lo.clone(), c.hi.clone()
-        lo[eol], hi[eol] = self.layout["end_of_line"], self.layout["end_of_line"] + 1
-        lo[-1], hi[-1] = self.layout["image_end"], self.layout["image_end"] + 1
-        slots = torch.arange(h, device=device)[:, None] * (w + 1) + torch.arange(w, device=device)  # h w
-        return n, Constraint(lo, hi), slots
+    def image_layout(self, size: int) -> ImageLayout:
+        """h rows of w image tokens, each ended by end-of-line, then end-of-image."""
+        _, side = self.grid(size)
+        return ImageLayout(side, side, self.image_range, eol=self.layout["end_of_line"], tail=(self.layout["image_end"],))
 
     def job(self, prompts: list[str], sampler: Sampler, size: int | None = None) -> Job:
         if not prompts:
             raise ValueError("no prompts given")
         size = size or self.defaults["size"]
-        n, constraint, slots = self.layout_of(size)
+        layout = self.image_layout(size)
         rows = [self.prompt_ids(p, size) for p in prompts]
         if sampler.cfg:
             rows += [r[-3:] for r in rows]  # unconditional context: from the image-start token on
-        length = max(len(r) for r in rows)
-        device = self.image_ids.device
-        ids = torch.full((len(rows), length), self.layout["pad"], dtype=torch.long)
-        mask = torch.zeros(len(rows), length, dtype=torch.bool)
-        for i, r in enumerate(rows):  # left padding
-            ids[i, length - len(r):] = torch.tensor(r)
-            mask[i, length - len(r):] = True
-        ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
-        prefix = T.prefill(self.params, self.config, ids, positions, length + n + WINDOW_MARGIN, mask)
-        return Job(
-            model=T.model_fn(self.params, self.config), prefix=prefix, n_tokens=n, constraint=constraint,
-            sampler=sampler, row_width=int(slots.shape[1]) + 1, image_slots=slots,
-            decode=lambda tokens: self.decode(tokens, slots), draft_range=self.image_range,
-        )
+        prefix = prefill_prompts(self.params, self.config, rows, self.layout["pad"], layout.n_tokens,
+                                 self.image_ids.device)
+        return Job(model=T.model_fn(self.params, self.config), prefix=prefix, layout=layout, sampler=sampler,
+                   decode=lambda tokens: self.decode(tokens, layout))
 
-    def decode(self, tokens: Int[Tensor, "b n"], slots: Int[Tensor, "h w"]) -> Float[Tensor, "b 3 H W"]:
+    def decode(self, tokens: Int[Tensor, "b n"], layout: ImageLayout) -> Float[Tensor, "b 3 H W"]:
         """Output tokens -> pixels in about [-1, 1] (not clamped, as upstream's VQGAN)."""
-        lut = torch.full((self.config.vocab_size,), -1, dtype=torch.long, device=tokens.device)
-        lut[self.image_ids.to(tokens.device)] = torch.arange(len(self.image_ids), device=tokens.device)
-        codes = lut[tokens[:, slots]]  # b h w
-        if bool((codes < 0).any()):
-            raise ValueError("a non-image token sits at an image position; the layout constraint was not applied")
+        lo, _ = self.image_range  # the image ids are one contiguous range (checked at load)
+        code_of = torch.empty_like(self.image_ids)
+        code_of[self.image_ids - lo] = torch.arange(len(self.image_ids), device=code_of.device)  # id - lo -> code
+        codes = code_of.to(tokens.device)[layout.image_tokens(tokens) - lo]  # b h w
         return V.decode(self.vq_params, self.vq_config, codes).float()
 
 
@@ -143,8 +120,6 @@ def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dt
     """A converted Lumina-mGPT folder (convert/lumina_mgpt.py). dtype None: the stored one on GPU,
     float32 on CPU. The VQGAN always runs in float32."""
     from tokenizers import Tokenizer
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     folder = Path(folder)
     config, tensors = read_folder(folder, ["transformer", "vq"], device=device)
     if config.get("family") != FAMILY:
@@ -163,11 +138,8 @@ def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dt
     if vconf.factor * layout["grid_tokens"] != layout["grid_px"]:
         raise WeightsError(f"{folder}: the VQGAN downsamples {vconf.factor}x, but the layout puts "
                            f"{layout['grid_tokens']} tokens on {layout['grid_px']} px")
-    with FakeTensorMode():  # the expected layout as shapes only (no memory for 7B random weights)
-        expected = T.init_params(tconf, torch.Generator()), V.init_params(vconf, torch.Generator())
-    problems = check_tree(tensors["transformer"], expected[0]) + check_tree(tensors["vq"], expected[1])
-    if problems:
-        raise WeightsError(f"{folder} does not match its config.json: {'; '.join(problems[:10])}")
+    check_shapes(folder, tensors, dict(transformer=lambda: T.init_params(tconf, torch.Generator()),
+                                       vq=lambda: V.init_params(vconf, torch.Generator())))
     tok_path = folder / config.get("text_tokenizer", "text_tokenizer.json")
     if not tok_path.is_file():
         raise WeightsError(f"{folder} lacks {tok_path.name}; convert the weights again")
@@ -175,17 +147,10 @@ def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dt
     if dtype is None and torch.device(device).type == "cpu":
         dtype = torch.float32
     if dtype is not None:
-        params = _cast(params, dtype)
+        params = cast(params, dtype)
     return LuminaMGPT(
-        params=params, config=tconf, vq_params=_cast(tensors["vq"], torch.float32), vq_config=vconf, layout=layout,
+        params=params, config=tconf, vq_params=cast(tensors["vq"], torch.float32), vq_config=vconf, layout=layout,
         image_ids=torch.tensor(image_ids, dtype=torch.long, device=device),
         tokenizer=Tokenizer.from_file(str(tok_path)), defaults=dict(config.get("defaults", {})),
     )
 
-
-def _cast(tree, dtype: torch.dtype):
-    if isinstance(tree, Tensor):
-        return tree.to(dtype)
-    if isinstance(tree, dict):
-        return {k: _cast(v, dtype) for k, v in tree.items()}
-    return [_cast(v, dtype) for v in tree]
