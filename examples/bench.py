@@ -48,6 +48,8 @@ def bench_images(model: str, prompts: list[str], seeds: list[int], window: int, 
                  modes: list[bool]) -> list[dict]:
     pipeline = load_pipeline(model, device=device)
     sampler = default_sampler(pipeline)
+    window = window or pipeline.defaults.get("window", 16)
+    init = init or pipeline.defaults.get("init", "random")
     rows = []
     for compiled in modes:
         for method in METHODS:
@@ -63,7 +65,7 @@ def bench_images(model: str, prompts: list[str], seeds: list[int], window: int, 
         r["speedup"] = ar["wall"] / r["wall"]
         r["compile_gain"] = eager["wall"] / r["wall"]
         r["step_ms"] = 1e3 * r["wall"] / r["calls"]
-    return rows
+    return rows, window, init
 
 
 def run_images(pipeline, prompts, sampler, method, seeds, window, init, device, compiled):
@@ -207,8 +209,8 @@ def real_table(rows, bw, window) -> str:
 
 # ----------------------------------------------------------------------------- main
 
-PROMPTS = ["a red circle", "a small blue square above a green triangle", "a big yellow triangle on the left",
-           "a purple circle to the right of an orange square"]
+PROMPTS = ["a big red circle on the left", "a small green circle above a big purple square",
+           "a big yellow triangle in the center", "a small yellow square below a big blue circle"]
 
 
 def device_line(device) -> str:
@@ -222,8 +224,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(DEFAULT_WEIGHTS))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--window", type=int, default=16)
-    ap.add_argument("--init", default="vertical")
+    ap.add_argument("--window", type=int, default=None, help="Jacobi window (default: the model's, else 16)")
+    ap.add_argument("--init", default=None, help="draft init (default: the model's, else random)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--prompt", action="append", help="prompts (default: four fixed ones)")
     ap.add_argument("--no-compile", action="store_true", help="eager only")
@@ -236,16 +238,16 @@ def main(argv=None) -> int:
     if not args.real_only:
         prompts = args.prompt or PROMPTS
         seeds = list(range(args.seeds))
-        rows = bench_images(args.model, prompts, seeds, args.window, args.init, args.device,
-                            [False] if args.no_compile else [False, True])
-        table = images_table(rows, Path(args.model).name, args.window, args.init, prompts, seeds)
+        rows, window, init = bench_images(args.model, prompts, seeds, args.window, args.init, args.device,
+                                          [False] if args.no_compile else [False, True])
+        table = images_table(rows, Path(args.model).name, window, init, prompts, seeds)
         print(table, flush=True)
         sections.append("## Whole images\n\n" + table + "\n")
     if args.real or args.real_only:
         if torch.device(args.device).type != "cuda":
             raise SystemExit("--real needs a CUDA device")
-        rows, bw = bench_real(args.device, args.window, budget=args.real_budget)
-        table = real_table(rows, bw, args.window)
+        rows, bw = bench_real(args.device, 16, budget=args.real_budget)
+        table = real_table(rows, bw, 16)
         print(table, flush=True)
         sections.append("## Real sizes (random weights)\n\n" + table + "\n")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -46,9 +46,10 @@ s = default_sampler(p)
 for method in METHODS:
     torch._dynamo.config.error_on_recompile = False
     tokens = []
-    for i, prompt in enumerate(["a red circle", "a small blue square above a green triangle"]):
+    for i, prompt in enumerate(["a big red circle on the left", "a small green circle above a big purple square"]):
         job = p.job([prompt], s, None)
-        r = decode_job(job, method, torch.Generator(device="cuda").manual_seed(i), 16, "vertical", compiled=True)
+        r = decode_job(job, method, torch.Generator(device="cuda").manual_seed(i), p.defaults.get("window", 16),
+                       p.defaults.get("init", "random"), compiled=True)
         torch._dynamo.config.error_on_recompile = True  # the second image must reuse the first's graphs
         tokens.append(r.forward_calls)
     print(json.dumps(dict(method=method, calls=tokens)), flush=True)
