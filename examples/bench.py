@@ -232,8 +232,12 @@ def main(argv=None) -> int:
     ap.add_argument("--real", action="store_true", help="also time real-size random models (CUDA only)")
     ap.add_argument("--real-only", action="store_true")
     ap.add_argument("--real-budget", type=float, default=1e9, help="seconds after which no new real size starts")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU threads (default 1: small models lose to thread start-up, and a busy machine "
+                         "makes spinning thread pools very slow)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
     sections = [f"# Benchmarks\n\nWritten by `examples/bench.py` (`make bench`). {device_line(args.device)}\n"]
     if not args.real_only:
         prompts = args.prompt or PROMPTS

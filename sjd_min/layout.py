@@ -23,6 +23,8 @@ from . import transformer as T
 from .decoding import Constraint, Prefix
 
 WINDOW_MARGIN = 64  # spare cache slots per row past the output: the largest Jacobi window a job allows
+CACHE_BUCKET = 256  # cache lengths are rounded up to a multiple: prompts of different lengths share one
+# cache shape, so the compiled decode step is not recompiled for every prompt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +83,8 @@ class ImageLayout:
 def prefill_prompts(params: T.Params, config: T.Config, rows: list[list[int]], pad: int, n_tokens: int,
                     device=None) -> Prefix:
     """Left-pad token prompts to one length (mask; positions = cumsum(mask) - 1) and prefill them
-    into a cache with room for `n_tokens` output tokens and a Jacobi window of up to WINDOW_MARGIN."""
+    into a cache with room for `n_tokens` output tokens and a Jacobi window of up to WINDOW_MARGIN
+    (rounded up to a multiple of CACHE_BUCKET)."""
     if not rows or any(len(r) == 0 for r in rows):
         raise ValueError("every prompt row needs at least one token")
     length = max(len(r) for r in rows)
@@ -92,4 +95,5 @@ def prefill_prompts(params: T.Params, config: T.Config, rows: list[list[int]], p
         mask[i, length - len(r):] = True
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
-    return T.prefill(params, config, ids, positions, length + n_tokens + WINDOW_MARGIN, mask)
+    capacity = -(-(length + n_tokens + WINDOW_MARGIN) // CACHE_BUCKET) * CACHE_BUCKET
+    return T.prefill(params, config, ids, positions, capacity, mask)
