@@ -22,8 +22,15 @@ $(STAMP): pyproject.toml
 
 env: $(STAMP)
 
+# The embedded tiny model: AR vs SJD vs maximal coupling on the same seeds (about a minute on 2 CPU cores).
 demo: $(STAMP)
-	$(BIN)/python examples/random_demo.py
+	$(BIN)/python examples/demo.py --out out/demo
+
+# Rebuild weights/tiny from scratch (fixed seeds; about an hour on 2 CPU cores): the VQ, then the transformer.
+.PHONY: tiny-model
+tiny-model: $(STAMP)
+	$(BIN)/python examples/train_tiny_vq.py --out build/tiny
+	$(BIN)/python examples/train_tiny_gpt.py --vq build/tiny --out weights/tiny --force
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -135,13 +135,29 @@ def grid(images: list, labels_left: list[str] | None = None, labels_top: list[st
 # ----------------------------------------------------------------------------- the command
 
 
-def _writable_dir(path: Path) -> None:
+def _writable_dir(path: Path) -> Path | None:
+    """Make `path` (and check it takes files); returns the topmost folder this created, or None."""
+    created = next((p for p in [*reversed(path.parents), path] if not p.exists()), None)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=path, delete=True)
         probe.close()
     except OSError as e:
         raise SystemExit(f"error: cannot write to the output folder {path}: {e.strerror or e}") from e
+    return created
+
+
+def _remove_empty(path: Path, top: Path | None) -> None:
+    """Remove the empty folders from `path` up to `top` (the ones `_writable_dir` made)."""
+    if top is None:
+        return
+    for p in [path, *path.parents]:
+        try:
+            p.rmdir()  # only ever removes an empty folder
+        except OSError:
+            return
+        if p == top:
+            return
 
 
 def add_generate_args(ap: argparse.ArgumentParser) -> None:
@@ -172,7 +188,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.num_images < 1:
         raise SystemExit("error: --num-images must be >= 1")
     out = Path(args.out)
-    _writable_dir(out)
+    created = _writable_dir(out)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     try:
         pipeline = load_pipeline(args.model, device=args.device, dtype=dtype)
@@ -182,6 +198,7 @@ def run_generate(args: argparse.Namespace) -> int:
                                              args.init, args.size, args.device, progress=True,
                                              compiled=args.compile)
     except (WeightsError, ValueError) as e:
+        _remove_empty(out, created)  # a failed run leaves nothing behind, not even the folder
         raise SystemExit(f"error: {e}") from e
     staged = Path(tempfile.mkdtemp(prefix=".generate.", dir=out))  # nothing half-written in `out`
     try:

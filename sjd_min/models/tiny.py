@@ -27,16 +27,17 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from .. import transformer as T
-from ..checkpoint import WeightsError, check_tree, read_folder
-from ..decoding import Constraint
+from ..checkpoint import WeightsError, cast, check_shapes, read_folder
+from ..layout import ImageLayout, prefill_prompts
 from ..pipeline import Job
 from ..sampling import Sampler
 from ..vq import vqgan as V
 
 FAMILY = "tiny"
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<boi>", "<eol>", "<eoi>")  # ids 0..5 of tokenizer.json
-WINDOW_MARGIN = 64  # spare cache slots per row past the output: the largest Jacobi window a job allows
-DEFAULTS = dict(cfg_scale=1.5, top_k=16, temperature=1.0, size=32)  # overridden by config.json "defaults"
+# Measured with examples/tune_tiny.py (config.json "defaults" may override): sampler settings by the
+# caption checker's score of AR samples; the SJD window and draft init by wall time on 2 CPU cores.
+DEFAULTS = dict(cfg_scale=1.5, top_k=4, temperature=1.0, size=32, window=8, init="vertical")
 
 
 def build_tokenizer(words: list[str]):
@@ -53,7 +54,7 @@ def build_tokenizer(words: list[str]):
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """Where everything sits in the unified vocabulary and in the output sequence."""
+    """Where everything sits in the unified vocabulary (written to config.json "layout")."""
 
     text_vocab: int  # ids [0, text_vocab) belong to tokenizer.json
     image_offset: int  # id of VQ code 0
@@ -67,43 +68,22 @@ class Layout:
     eoi: int = 5  # ends the image
 
     @property
-    def row_width(self) -> int:
-        return self.grid + 1
+    def image(self) -> ImageLayout:
+        """The output sequence: g rows of [g image ids, <eol>], then <eoi>."""
+        return ImageLayout(h=self.grid, w=self.grid, image_range=(self.image_offset, self.image_offset + self.codebook_size),
+                           eol=self.eol, tail=(self.eoi,))
 
     @property
     def n_tokens(self) -> int:
-        return self.grid * self.row_width + 1
-
-    @property
-    def image_range(self) -> tuple[int, int]:
-        return self.image_offset, self.image_offset + self.codebook_size
-
-    @property
-    def image_slots(self) -> Int[Tensor, "g g"]:
-        """Output offset of every image token, row-major."""
-        g = self.grid
-        return torch.arange(g)[:, None] * self.row_width + torch.arange(g)
-
-    def constraint(self, device=None) -> Constraint:
-        n, (lo, hi) = self.n_tokens, self.image_range
-        c = Constraint.range(n, lo, hi)
-        ends = torch.arange(self.grid) * self.row_width + self.grid  # the last slot of every row
-        c.lo[ends], c.hi[ends] = self.eol, self.eol + 1
-        c.lo[-1], c.hi[-1] = self.eoi, self.eoi + 1
-        return Constraint(c.lo.to(device), c.hi.to(device))
+        return self.image.n_tokens
 
     def to_tokens(self, codes: Int[Tensor, "b g g"]) -> Int[Tensor, "b n"]:
-        """VQ codes -> the output sequence (rows with <eol>, then <eoi>)."""
-        b = codes.shape[0]
-        eol = torch.full((b, self.grid, 1), self.eol, dtype=torch.long, device=codes.device)
-        rows = torch.cat([codes + self.image_offset, eol], dim=2).flatten(1)  # b g*(g+1)
-        return torch.cat([rows, torch.full((b, 1), self.eoi, dtype=torch.long, device=codes.device)], dim=1)
+        """VQ codes -> the output sequence (training data)."""
+        return self.image.sequence(codes + self.image_offset)
 
     def to_codes(self, tokens: Int[Tensor, "b n"]) -> Int[Tensor, "b g g"]:
-        codes = tokens[:, self.image_slots.to(tokens.device)] - self.image_offset
-        if bool(((codes < 0) | (codes >= self.codebook_size)).any()):
-            raise ValueError("a non-image token sits at an image position; the layout constraint was not applied")
-        return codes
+        """The output sequence -> VQ codes; ValueError if an image position holds another token."""
+        return self.image.image_tokens(tokens) - self.image_offset
 
 
 def prompt_ids(tokenizer, layout: Layout, caption: str) -> list[int]:
@@ -142,22 +122,10 @@ class Tiny:
         rows = [prompt_ids(self.tokenizer, self.layout, p) for p in prompts]
         if sampler.cfg:
             rows += [prompt_ids(self.tokenizer, self.layout, "")] * len(prompts)  # the empty caption
-        length = max(len(r) for r in rows)
-        ids = torch.full((len(rows), length), self.layout.pad, dtype=torch.long)
-        mask = torch.zeros(len(rows), length, dtype=torch.bool)
-        for i, r in enumerate(rows):  # left padding
-            ids[i, length - len(r):] = torch.tensor(r)
-            mask[i, length - len(r):] = True
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
-        n = self.layout.n_tokens
-        prefix = T.prefill(self.params, self.config, ids, positions, length + n + WINDOW_MARGIN, mask)
-        return Job(
-            model=T.model_fn(self.params, self.config), prefix=prefix, n_tokens=n,
-            constraint=self.layout.constraint(self.device), sampler=sampler, row_width=self.layout.row_width,
-            image_slots=self.layout.image_slots.to(self.device), decode=self.decode,
-            draft_range=self.layout.image_range,
-        )
+        img = self.layout.image
+        prefix = prefill_prompts(self.params, self.config, rows, self.layout.pad, img.n_tokens, self.device)
+        return Job(model=T.model_fn(self.params, self.config), prefix=prefix, layout=img, sampler=sampler,
+                   decode=self.decode)
 
     def decode(self, tokens: Int[Tensor, "b n"]) -> Float[Tensor, "b 3 H W"]:
         """Output tokens -> pixels in about [-1, 1]."""
@@ -185,10 +153,9 @@ def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dt
                            f"`make tiny-model`") from e
     if layout.image_offset + layout.codebook_size > tconf.vocab_size or layout.codebook_size != vconf.codebook_size:
         raise WeightsError(f"{folder}: the layout's image ids do not fit the vocabulary / the VQ codebook")
-    problems = check_tree(tensors["transformer"], T.init_params(tconf, torch.Generator()))  # small: real tensors
-    problems += check_tree(tensors["vq"], V.init_params(vconf, torch.Generator(), encoder="encoder" in tensors["vq"]))
-    if problems:
-        raise WeightsError(f"{folder} does not match its config.json: {'; '.join(problems[:10])}")
+    with_encoder = "encoder" in tensors["vq"]  # the encoder is optional at inference
+    check_shapes(folder, tensors, {"transformer": lambda: T.init_params(tconf, torch.Generator()),
+                                   "vq": lambda: V.init_params(vconf, torch.Generator(), encoder=with_encoder)})
     tok_path = folder / "tokenizer.json"
     if not tok_path.is_file():
         raise WeightsError(f"weights folder {folder} is incomplete: missing tokenizer.json. Rebuild it with "
@@ -202,15 +169,8 @@ def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dt
                            f"{layout.text_vocab}")
     dtype = dtype or torch.float32
     return Tiny(
-        params=_cast(tensors["transformer"], dtype), config=tconf, vq_params=_cast(tensors["vq"], torch.float32),
+        params=cast(tensors["transformer"], dtype), config=tconf, vq_params=cast(tensors["vq"], torch.float32),
         vq_config=vconf, layout=layout, tokenizer=tokenizer, defaults={**DEFAULTS, **config.get("defaults", {})},
         device=torch.device(device),
     )
 
-
-def _cast(tree, dtype: torch.dtype):
-    if isinstance(tree, Tensor):
-        return tree.to(dtype)
-    if isinstance(tree, dict):
-        return {k: _cast(v, dtype) for k, v in tree.items()}
-    return [_cast(v, dtype) for v in tree]
