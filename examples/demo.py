@@ -50,7 +50,7 @@ def main():
     ap.add_argument("--window", type=int, default=None, help="Jacobi window (model default)")
     ap.add_argument("--init", default=None, help="draft init: random | horizontal | vertical (model default)")
     ap.add_argument("--scale", type=int, default=4, help="upscaling of the 32-px images in the grid")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the tiny model's ops gain nothing from more)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()

@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import random
+import re
 import time
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def accuracy(pipeline, captions: list[str], method: str, sampler, window: int, i
             good, why = scenes.check(im, c)
             ok.append(good)
             if not good:
-                key = why.split(" at ")[0] if "at (" in why else why
+                key = re.sub(r"\(\d+, \d+\)", "(x, y)", why)  # group positions
                 reasons[key] = reasons.get(key, 0) + 1
     top = dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:6])
     return {**binomial(ok), "failures": top}
@@ -82,7 +83,7 @@ def main():
     ap.add_argument("--init", default=None, help="draft init for the accuracy runs (model default)")
     ap.add_argument("--batch", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the tiny model's ops gain nothing from more)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="out/eval_tiny.json")
     args = ap.parse_args()

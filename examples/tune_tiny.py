@@ -30,7 +30,7 @@ def main():
     ap.add_argument("--top-k", type=int, nargs="+", default=[4, 8, 16, 32, 0])
     ap.add_argument("--temperature", type=float, nargs="+", default=[1.0])
     ap.add_argument("--windows", type=int, nargs="+", default=[8, 12, 16, 24, 32])
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pipeline = load_pipeline(args.model)
