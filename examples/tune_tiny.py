@@ -1,5 +1,6 @@
 """How the tiny model's defaults were chosen: caption-check accuracy of AR samples over a grid of
-sampler settings, then forward calls / wall time of SJD over windows and draft inits.
+sampler settings, then model calls / wall time of SJD over windows and draft inits (batch 1,
+the configurations interleaved so that load from other work hits them alike).
 
     python examples/tune_tiny.py                     # weights/tiny; prints two tables
 
@@ -25,11 +26,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(DEFAULT_WEIGHTS))
     ap.add_argument("--prompts", type=int, default=240)
-    ap.add_argument("--timing-prompts", type=int, default=16)
+    ap.add_argument("--timing-prompts", type=int, default=12)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--cfg", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0])
     ap.add_argument("--top-k", type=int, nargs="+", default=[4, 8, 16, 32, 0])
     ap.add_argument("--temperature", type=float, nargs="+", default=[1.0])
-    ap.add_argument("--windows", type=int, nargs="+", default=[8, 12, 16, 24, 32])
+    ap.add_argument("--windows", type=int, nargs="+", default=[4, 6, 8, 10, 12, 16])
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -50,16 +52,22 @@ def main():
 
     sampler = default_sampler(pipeline)
     tcaps = captions[: args.timing_prompts]
-    print(f"\nSJD with the defaults {sampler}, {len(tcaps)} prompts, batch 1\n| method | W | init | forward calls "
-          f"| wall ms |\n|---|---|---|---|---|")
-    generate(pipeline, tcaps[:1], "sjd", sampler)  # warm-up
-    for method, w, init in [("ar", 1, "random")] + list(itertools.product(
-            ["sjd", "maximal"], args.windows, ["random", "horizontal", "vertical"])):
-        calls = wall = 0.0
+    configs = [("ar", 1, "random")] + [(m, w, i) for w in args.windows for m in ("sjd", "maximal")
+                                       for i in ("horizontal", "vertical")]
+    totals = {c: [0, 0.0] for c in configs}
+    generate(pipeline, tcaps[:1], "sjd", sampler, 0, 8, "vertical")  # warm-up
+    for _ in range(args.repeats):  # configurations interleaved, so load from other work hits them alike
         for i, c in enumerate(tcaps):
-            _, result, _, seconds = generate(pipeline, [c], method, sampler, seed=i, window=w, init=init)
-            calls, wall = calls + result.forward_calls, wall + seconds
-        print(f"| {method} | {w} | {init} | {calls / len(tcaps):.1f} | {1000 * wall / len(tcaps):.0f} |", flush=True)
+            for method, w, init in configs:
+                _, result, _, seconds = generate(pipeline, [c], method, sampler, seed=i, window=w, init=init)
+                totals[method, w, init][0] += result.forward_calls
+                totals[method, w, init][1] += seconds
+    n = args.repeats * len(tcaps)
+    ar_wall = totals[configs[0]][1] / n
+    print(f"\nSJD with the defaults {sampler}, {len(tcaps)} prompts x {args.repeats} repeats, batch 1\n"
+          f"| method | W | init | model calls | wall ms | speed-up |\n|---|---|---|---|---|---|")
+    for (method, w, init), (calls, wall) in totals.items():
+        print(f"| {method} | {w} | {init} | {calls / n:.1f} | {1000 * wall / n:.0f} | {ar_wall / (wall / n):.2f}x |")
 
 
 if __name__ == "__main__":
