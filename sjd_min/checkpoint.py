@@ -93,8 +93,10 @@ HOW_TO_MAKE = (
 )
 
 
-def read_folder(folder: str | os.PathLike, names: list[str], device="cpu") -> tuple[dict, dict[str, dict]]:
-    """(config, {name: nested params}) from a folder written by `write_folder`."""
+def read_folder(folder: str | os.PathLike, names: list[str], device="cpu",
+                family: str | None = None) -> tuple[dict, dict[str, dict]]:
+    """(config, {name: nested params}) from a folder written by `write_folder`; with `family`, the
+    folder's config.json must name that model family."""
     folder = Path(folder)
     if not folder.is_dir():
         raise WeightsError(f"weights folder {folder} does not exist. {HOW_TO_MAKE}")
@@ -105,6 +107,8 @@ def read_folder(folder: str | os.PathLike, names: list[str], device="cpu") -> tu
         config = json.loads((folder / "config.json").read_text())
     except json.JSONDecodeError as e:
         raise WeightsError(f"{folder / 'config.json'} is not valid JSON ({e}). {HOW_TO_MAKE}") from e
+    if family is not None and config.get("family") != family:
+        raise WeightsError(f"{folder} holds family {config.get('family')!r}, not {family!r}")
     tensors = {}
     for n in names:
         try:

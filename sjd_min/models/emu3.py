@@ -115,9 +115,7 @@ def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dt
     The vision tokenizer always runs in float32."""
     from tokenizers import Tokenizer
     folder = Path(folder)
-    config, tensors = read_folder(folder, ["transformer", "vq"], device=device)
-    if config.get("family") != FAMILY:
-        raise WeightsError(f"{folder} holds family {config.get('family')!r}, not {FAMILY!r}")
+    config, tensors = read_folder(folder, ["transformer", "vq"], device=device, family=FAMILY)
     try:
         tconf = T.Config(**config["transformer"])
         vconf = V.Emu3VQConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["vq"].items()})

@@ -191,10 +191,7 @@ class LlamaGen:
 
 
 def _read(folder: Path, names: list[str], device) -> tuple[dict, dict]:
-    config, tensors = read_folder(folder, names, device=device)
-    if config.get("family") != FAMILY:
-        raise WeightsError(f"{folder} holds family {config.get('family')!r}, not {FAMILY!r}")
-    return config, tensors
+    return read_folder(folder, names, device=device, family=FAMILY)
 
 
 def load_gpt(folder: str | Path, device="cpu", dtype: torch.dtype | None = None) -> GPT:

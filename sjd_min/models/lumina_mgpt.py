@@ -121,9 +121,7 @@ def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dt
     float32 on CPU. The VQGAN always runs in float32."""
     from tokenizers import Tokenizer
     folder = Path(folder)
-    config, tensors = read_folder(folder, ["transformer", "vq"], device=device)
-    if config.get("family") != FAMILY:
-        raise WeightsError(f"{folder} holds family {config.get('family')!r}, not {FAMILY!r}")
+    config, tensors = read_folder(folder, ["transformer", "vq"], device=device, family=FAMILY)
     try:
         tconf, vconf = T.Config(**config["transformer"]), _vq_config(config["vq"])
         layout, image_ids = config["layout"], config["image_token_ids"]

@@ -142,9 +142,7 @@ def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dt
     from tokenizers import Tokenizer
 
     folder = Path(folder)
-    config, tensors = read_folder(folder, ["transformer", "vq"], device=device)
-    if config.get("family") != FAMILY:
-        raise WeightsError(f"{folder} holds family {config.get('family')!r}, not {FAMILY!r}")
+    config, tensors = read_folder(folder, ["transformer", "vq"], device=device, family=FAMILY)
     try:
         tconf, vconf = T.Config(**config["transformer"]), vq_config(config["vq"])
         layout = Layout(**config["layout"])
