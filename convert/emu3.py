@@ -67,7 +67,7 @@ from safetensors import safe_open
 from torch import Tensor
 
 from sjd_min import transformer as T
-from sjd_min.checkpoint import WeightsError, flatten, unflatten, write_folder
+from sjd_min.checkpoint import WeightsError, flatten, read_json, unflatten, write_folder
 from sjd_min.vq import emu3 as V
 
 SPLIT_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
@@ -119,15 +119,6 @@ def read_state(folder: Path, keep=lambda key: True, dtype: torch.dtype | None = 
             raise WeightsError(f"{path} cannot be read ({type(e).__name__}: {e}); if the download was "
                                f"interrupted, fetch it again") from e
     return state
-
-
-def read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise WeightsError(f"{path} does not exist")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise WeightsError(f"{path} is not valid JSON ({e})") from e
 
 
 def rename(state: dict[str, Tensor], rules: list, ignore: str | None = None) -> dict[str, Tensor]:
@@ -320,7 +311,6 @@ def convert_vq(folder: str | Path) -> tuple[V.Emu3VQConfig, dict]:
 
 
 # ----------------------------------------------------------------------------- the text tokenizer
-
 
 
 def byte_alphabet() -> dict[int, str]:

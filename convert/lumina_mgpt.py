@@ -30,7 +30,8 @@ import torch
 from torch import Tensor
 
 from sjd_min import transformer as T
-from sjd_min.checkpoint import WeightsError, check_tree, flatten, load_torch_file, unflatten, write_folder
+from sjd_min.checkpoint import (WeightsError, check_tree, flatten, load_torch_file, read_json, unflatten,
+                                write_folder)
 from sjd_min.vq import vqgan as V
 
 FAMILY = "lumina_mgpt"
@@ -67,15 +68,6 @@ def _fail(what: str, problems: list[str]) -> None:
 
 
 # ----------------------------------------------------------------------------- the language model
-
-
-def read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise WeightsError(f"{path} does not exist: {what}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise WeightsError(f"{path} is not valid JSON ({e})") from e
 
 
 def read_model_config(folder: Path) -> dict:

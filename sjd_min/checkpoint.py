@@ -87,6 +87,17 @@ def write_folder(out: str | os.PathLike, config: dict, tensors: dict[str, dict],
     return out
 
 
+def read_json(path: str | os.PathLike, what: str = "") -> dict:
+    """A JSON file, or a WeightsError that says which file is missing or broken (and `what` it should be)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path} does not exist" + (f": {what}" if what else ""))
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise WeightsError(f"{path} is not valid JSON ({e})") from e
+
+
 HOW_TO_MAKE = (
     "Make one with `make tiny-model` (the embedded default) or convert released weights with the "
     "scripts in convert/ (see README)."
