@@ -28,7 +28,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 Params = dict  # nested dict of tensors; keys are the names used below
-Cache = dict  # {"k", "v": [layers, b, kv_heads, S, head_dim], "valid": [b, S], "length": [b]}
+Cache = dict  # {"k", "v": one [b, kv_heads, S, head_dim] tensor per layer, "valid": [b, S], "length": [b]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,9 +217,12 @@ def attention(p: Params, c: Config, x, cos, sin, layer_k, layer_v, slots, mask):
         q = head_layer_norm(q, p["q_norm"]["w"], p["q_norm"]["b"], c.qk_norm_eps)
         k = head_layer_norm(k, p["k_norm"]["w"], p["k_norm"]["b"], c.qk_norm_eps)
     q, k = apply_rope(q, cos, sin, c.rope_interleaved), apply_rope(k, cos, sin, c.rope_interleaved)
-    idx = slots[:, None, :, None].expand(-1, c.kv_heads, -1, c.head_dim)  # b g t e
-    layer_k.scatter_(2, idx, k.to(layer_k.dtype))  # static cache: write in place at tensor positions
-    layer_v.scatter_(2, idx, v.to(layer_v.dtype))
+    # static cache: write in place at tensor positions. index_put_ (not scatter_) because the compiler
+    # turns it into an in-place write; a scatter_ costs a copy of the whole layer cache per step.
+    rows = torch.arange(k.shape[0], device=k.device)[:, None, None]
+    heads = torch.arange(c.kv_heads, device=k.device)[None, :, None]
+    layer_k.index_put_((rows, heads, slots[:, None, :]), k.to(layer_k.dtype))
+    layer_v.index_put_((rows, heads, slots[:, None, :]), v.to(layer_v.dtype))
     o = F.scaled_dot_product_attention(
         q, layer_k.to(q.dtype), layer_v.to(q.dtype), attn_mask=mask[:, None], enable_gqa=c.kv_heads != c.n_heads
     )  # b h t e
@@ -235,10 +238,10 @@ def mlp(p: Params, x):
 
 def init_cache(config: Config, batch: int, max_len: int, dtype=torch.float32, device=None) -> Cache:
     """A static KV cache for `max_len` slots per row; `length` is where the next window is written."""
-    shape = (config.n_layers, batch, config.kv_heads, max_len, config.head_dim)
-    return dict(
-        k=torch.zeros(shape, dtype=dtype, device=device),
-        v=torch.zeros(shape, dtype=dtype, device=device),
+    shape = (batch, config.kv_heads, max_len, config.head_dim)
+    return dict(  # a tensor per layer: written in place, a compiled step neither copies nor re-allocates it
+        k=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)],
+        v=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)],
         valid=torch.zeros(batch, max_len, dtype=torch.bool, device=device),
         length=torch.zeros(batch, dtype=torch.long, device=device),
     )
@@ -265,7 +268,8 @@ def forward(
     h = params["embed"][x] if not x.is_floating_point() else x.to(params["embed"].dtype)  # b t d
     slots = cache["length"][:, None] + torch.arange(t, device=h.device)  # b t
     valid = cache["valid"]
-    valid.scatter_(1, slots, mask if mask is not None else torch.ones_like(slots, dtype=torch.bool))  # in place
+    rows = torch.arange(b, device=h.device)[:, None]
+    valid.index_put_((rows, slots), mask if mask is not None else torch.ones_like(slots, dtype=torch.bool))
     key_slot = torch.arange(valid.shape[1], device=h.device)  # S
     attend = (key_slot <= slots[..., None]) & (valid[:, None, :] | (key_slot == slots[..., None]))  # b t S
     cos, sin = rope_angles(c, positions)
