@@ -105,35 +105,35 @@ def init_drafts(
     seq: Int[Tensor, "b s"], n: Int[Tensor, " b"], fresh: Tensor, noise: Tensor, lo_all: Tensor, hi_all: Tensor,
     cfg: JacobiConfig, vocab: int,
 ) -> tuple[Tensor, Tensor]:
-    """Drafts (written into `seq`) and their q for the slots marked `fresh`, left to right."""
+    """Drafts (written into `seq`) and their q for the slots marked `fresh`.
+
+    A copied draft ("horizontal", "vertical") reads the token `back` positions earlier, which may be a
+    draft written here: slots are filled in chunks of `back` slots, each reading only earlier chunks
+    (one chunk for "random" drafts, and for "vertical" whenever a row is at least a window long)."""
     b, w = fresh.shape
     ids = torch.arange(vocab, device=seq.device)
-    rows = torch.arange(b, device=seq.device)
+    rows = torch.arange(b, device=seq.device)[:, None]
+    back = {"random": w, "horizontal": 1, "vertical": cfg.row_width}[cfg.init]
     q_new = torch.zeros(b, w, vocab, device=seq.device)
-    for k in range(w - 1):
-        pos = (n + k).clamp_max(lo_all.shape[0] - 1)  # b
-        lo, hi = lo_all[pos], hi_all[pos]  # allowed ids at this position
+    for first in range(0, w - 1, back):
+        last = min(first + back, w - 1)  # this chunk: slots [first, last)
+        pos = n[:, None] + torch.arange(first, last, device=seq.device)  # b c: output positions
+        lo, hi = lo_all[pos.clamp_max(lo_all.shape[0] - 1)], hi_all[pos.clamp_max(lo_all.shape[0] - 1)]
+        dlo, dhi = lo, hi  # random drafts: the allowed ids, or draft_range where the position is not forced
         if cfg.draft_range is not None:
-            dlo, dhi = torch.full_like(lo, cfg.draft_range[0]), torch.full_like(hi, cfg.draft_range[1])
-        else:
-            dlo, dhi = lo, hi
-        forced = hi - lo == 1
-        dlo, dhi = torch.where(forced, lo, dlo), torch.where(forced, hi, dhi)
-        in_range = (ids >= dlo[:, None]) & (ids < dhi[:, None])  # b v
-        random = race(in_range.float(), noise[:, k])
-        q_random = in_range.float() / in_range.sum(-1, keepdim=True)
-        if cfg.init == "random":
-            draft, q = random, q_random
-        else:
-            back = 1 if cfg.init == "horizontal" else cfg.row_width
-            src = n + k - back
-            copy = seq[rows, src.clamp_min(0)]
+            forced = hi - lo == 1
+            dlo = torch.where(forced, lo, torch.full_like(lo, cfg.draft_range[0]))
+            dhi = torch.where(forced, hi, torch.full_like(hi, cfg.draft_range[1]))
+        in_range = ((ids >= dlo[..., None]) & (ids < dhi[..., None])).float()  # b c v
+        draft, q = race(in_range, noise[:, first:last]), in_range / in_range.sum(-1, keepdim=True)
+        if cfg.init != "random":
+            src = pos - back
+            copy = seq.gather(1, src.clamp_min(0))
             ok = (src >= 0) & (copy >= lo) & (copy < hi)  # a copy must be a token this position allows
-            draft = torch.where(ok, copy, random)
-            q = torch.where(ok[:, None], (ids == copy[:, None]).float(), q_random)
-        f = fresh[:, k]
-        seq[rows, n + k] = torch.where(f, draft, seq[rows, n + k])
-        q_new[:, k] = q
+            draft = torch.where(ok, copy, draft)
+            q = torch.where(ok[..., None], (ids == copy[..., None]).float(), q)
+        seq[rows, pos] = torch.where(fresh[:, first:last], draft, seq[rows, pos])
+        q_new[:, first:last] = q
     return seq, q_new
 
 
