@@ -37,8 +37,10 @@ def compiled_step(step: Callable, device: str | torch.device) -> Callable:
     kind = torch.device(device).type
     key = (step, kind)
     if key not in _COMPILED:
-        mode = "reduce-overhead" if kind == "cuda" else None
-        fn = torch.compile(step, fullgraph=True, mode=mode)
+        if kind == "cuda":  # CUDA graphs: one launch replays the whole step
+            fn = torch.compile(step, fullgraph=True, mode="reduce-overhead")
+        else:  # a C++ wrapper calls the kernels: no Python per kernel (CPU steps are launch-bound)
+            fn = torch.compile(step, fullgraph=True, options={"cpp_wrapper": True})
 
         def run(*args):
             if kind == "cuda":
