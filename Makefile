@@ -36,7 +36,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/python examples/bench.py
+	$(BIN)/python examples/bench.py --window 4 --window 8 --window 16
 
 # On a GPU machine: the machine's own python3 and torch, no virtualenv (see examples/gpu_check.py).
 gpu-check:

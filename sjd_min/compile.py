@@ -20,6 +20,9 @@ import torch
 from torch import Tensor
 
 _COMPILED: dict[tuple[Callable, str], Callable] = {}
+# Every static configuration (window, refresh and init modes, sampler, cache size) is a graph of its
+# own for the same step function; dynamo's default of 8 per function is too few for a benchmark sweep.
+GRAPHS_PER_STEP = 64
 
 
 def _tree_map(fn, tree):
@@ -37,6 +40,7 @@ def compiled_step(step: Callable, device: str | torch.device) -> Callable:
     kind = torch.device(device).type
     key = (step, kind)
     if key not in _COMPILED:
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, GRAPHS_PER_STEP)
         if kind == "cuda":  # CUDA graphs: one launch replays the whole step
             fn = torch.compile(step, fullgraph=True, mode="reduce-overhead")
         else:  # a C++ wrapper calls the kernels: no Python per kernel (CPU steps are launch-bound)
