@@ -117,10 +117,10 @@ def bench_forward(model: str, windows: list[int], device: str, modes: list[bool]
         pre, rows = job.prefix, job.prefix.logits.shape[0]
         fns = {}
         for compiled in modes:
-            step = compiled_step(forward_only, device) if compiled else forward_only
             if compiled:
                 prepare_static(job.model, pre.cache)
             for t in [1, *windows]:
+                step = compiled_step(forward_only, device) if compiled else forward_only  # one per shape
                 tokens = torch.zeros(rows, t, dtype=torch.long, device=device) + job.layout.image_range[0]
                 positions = pre.position[:, None] + torch.arange(t, device=device)
                 fns[(t, compiled)] = (lambda step=step, tokens=tokens, positions=positions:

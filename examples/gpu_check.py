@@ -81,9 +81,10 @@ def main(argv=None) -> int:
     rc, text = run([py, "tests/compile_cases.py", "cuda"], out / "1_compile_cases.log", min(240, left()))
     cases = [json.loads(l) for l in text.split("\n--- stderr ---")[0].splitlines() if l.startswith("{")]
     for c in cases:
-        if c.get("recompiled"):
+        if c.get("recompiled") or c.get("graphs_first_image") != 1:
             ok = False
-            lines.append(f"- FAIL compiled step {c['method']}: recompiled ({c.get('error', '')[:200]})")
+            lines.append(f"- FAIL compiled step {c['method']}: recompiled (graphs in the first image: "
+                         f"{c.get('graphs_first_image')}; {c.get('error', '')[:200]})")
             continue
         same = sum(a == b for x, y in zip(c["compiled"], c["eager"]) for r, s in zip(x, y) for a, b in zip(r, s))
         total = sum(len(r) for x in c["eager"] for r in x)

@@ -23,6 +23,7 @@ _COMPILED: dict[tuple[Callable, str], Callable] = {}
 # Every static configuration (window, refresh and init modes, sampler, cache size) is a graph of its
 # own for the same step function; dynamo's default of 8 per function is too few for a benchmark sweep.
 GRAPHS_PER_STEP = 64
+GUARDED_CALLS = 2  # calls of a decode loop whose arguments dynamo checks in full (see compiled_step)
 
 
 def _tree_map(fn, tree):
@@ -35,26 +36,44 @@ def _tree_map(fn, tree):
     return tree
 
 
-def compiled_step(step: Callable, device: str | torch.device) -> Callable:
-    """`step` compiled once per device type (reused across images of the same size)."""
-    kind = torch.device(device).type
-    key = (step, kind)
-    if key not in _COMPILED:
+def _compile(step: Callable, kind: str) -> Callable:
+    """`step` under torch.compile, once per device type (its graphs are reused across images)."""
+    if (step, kind) not in _COMPILED:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, GRAPHS_PER_STEP)
         if kind == "cuda":  # CUDA graphs: one launch replays the whole step
-            fn = torch.compile(step, fullgraph=True, mode="reduce-overhead")
+            _COMPILED[step, kind] = torch.compile(step, fullgraph=True, mode="reduce-overhead")
         else:  # a C++ wrapper calls the kernels: no Python per kernel (CPU steps are launch-bound)
-            fn = torch.compile(step, fullgraph=True, options={"cpp_wrapper": True})
+            _COMPILED[step, kind] = torch.compile(step, fullgraph=True, options={"cpp_wrapper": True})
+    return _COMPILED[step, kind]
 
-        def run(*args):
-            if kind == "cuda":
-                torch.compiler.cudagraph_mark_step_begin()
+
+def compiled_step(step: Callable, device: str | torch.device) -> Callable:
+    """The compiled `step` for ONE decode loop, which feeds every call the previous call's outputs.
+
+    Dynamo checks a call's arguments against its graphs ("guards": shapes, dtypes, the static
+    configuration; about 0.4 ms a call for a transformer's ~60 tensors on CPU). In a decode loop the
+    first call gets the eager-made state and the second the compiled outputs; from the third on the
+    arguments have exactly the structure, shapes and values of the second, so the guards are skipped
+    (dynamo then only tells its graphs apart). The tests check that a loop compiles one graph.
+    """
+    kind = torch.device(device).type
+    fn = _compile(step, kind)
+    calls = 0
+
+    def run(*args):
+        nonlocal calls
+        calls += 1
+        if kind == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+        if calls > GUARDED_CALLS:
+            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+                out = fn(*args)
+        else:
             out = fn(*args)
-            # the cache is static and written in place; everything else is a fresh output
-            return tuple(v if isinstance(v, dict) and "k" in v else _tree_map(torch.clone, v) for v in out)
+        # the cache is static and written in place; everything else is a fresh output
+        return tuple(v if isinstance(v, dict) and "k" in v else _tree_map(torch.clone, v) for v in out)
 
-        _COMPILED[key] = run
-    return _COMPILED[key]
+    return run
 
 
 def prepare_static(model, cache: dict) -> None:

@@ -43,7 +43,9 @@ def main(device: str) -> None:
         case = dict(method=method)
         try:
             torch._dynamo.config.error_on_recompile = False
-            first = run(method, 0, True, device)  # compiles
+            graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+            first = run(method, 0, True, device)  # compiles: one graph serves every iteration of the loop
+            case.update(graphs_first_image=torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs)
             torch._dynamo.config.error_on_recompile = True
             again = run(method, 1, True, device)  # another image of the same size must not recompile
             case.update(recompiled=False)

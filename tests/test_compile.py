@@ -29,6 +29,7 @@ def cpu_results():
 def test_compiled_equals_eager_on_cpu(cpu_results, method):
     case = cpu_results[method]
     assert not case["recompiled"], case.get("error")
+    assert case["graphs_first_image"] == 1  # iterations after the first reuse its graph (guards skipped from the 3rd)
     assert case["compiled"] == case["eager"]
     assert case["calls"][:2] == case["calls"][2:]
     assert case["compiled"][0] != case["compiled"][1]  # two seeds, two images: the check can fail
@@ -41,6 +42,7 @@ def test_cuda_graphs_equal_eager():
     for method in METHODS:
         case = results[method]
         assert not case["recompiled"], case.get("error")
+        assert case["graphs_first_image"] == 1
         # inductor's CUDA kernels round differently from eager: a rare token may differ
         same = sum(a == b for x, y in zip(case["compiled"], case["eager"]) for r, s in zip(x, y) for a, b in zip(r, s))
         total = sum(len(r) for x in case["eager"] for r in x)
