@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -53,9 +54,11 @@ def bench_images(model: str, prompts: list[str], seeds: list[int], windows: list
     init = init or pipeline.defaults.get("init", "random")
     windows = windows or [pipeline.defaults.get("window", 16)]
     configs = [(m, w, c) for c in modes for m, w in [("ar", 1)] + [(m, w) for w in windows for m in METHODS[1:]]]
-    for method, w, compiled in configs:  # warm-up (compilation, allocator) on a seed outside the measured set
+    # warm-up (compilation, allocator) on a seed outside the measured set
+    for method, w, compiled in tqdm(configs, desc="warm-up (compiles)", unit="config", file=sys.stderr):
         run_image(pipeline, prompts[0], sampler, method, 10_000, w, init, device, compiled)
     stats = {cfg: dict(calls=0, wall=0.0, images=0) for cfg in configs}
+    bar = tqdm(total=len(seeds) * len(prompts) * len(configs), desc="images", unit="image", file=sys.stderr)
     for seed in seeds:
         for prompt in prompts:
             for cfg in configs:
@@ -65,6 +68,8 @@ def bench_images(model: str, prompts: list[str], seeds: list[int], windows: list
                 st["wall"] += wall
                 st["images"] += 1
                 st["tokens"] = n_tokens * st["images"]
+                bar.update()
+    bar.close()
     rows = []
     for (method, w, compiled), st in stats.items():
         ar, eager = stats[("ar", 1, compiled)], stats.get((method, w, False))
