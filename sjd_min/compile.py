@@ -3,17 +3,20 @@
 The Jacobi window has a fixed size, so one compiled step serves every iteration of an image:
 ``sjd_iteration`` (window forward, processed distributions, verification, accept lengths per
 row, residual samples, draft refresh and shift) and ``ar_iteration`` (one token) are compiled
-with ``fullgraph=True``; on CUDA with ``mode="reduce-overhead"`` (CUDA graphs). What makes that
-possible lives in the decoders themselves: positions and lengths are tensors, the noise is
-drawn before the step from the generator, the cache is written in place at tensor positions,
-and nothing inside calls ``.item()`` or ``multinomial``. The prefill stays eager.
+with ``fullgraph=True``; on CUDA with ``mode="reduce-overhead"`` (CUDA graphs), on CPU with a
+C++ wrapper. What makes that possible lives in the decoders themselves: positions and lengths
+are tensors, the noise is drawn before the step from the generator, the KV cache is written in
+place at tensor positions (``index_put_``, which the compiler keeps in place), and nothing
+inside calls ``.item()`` or ``multinomial``. The prefill stays eager.
 
 Here: the weights and the cache are marked static (CUDA graphs neither copy nor re-record
-them), and the step's outputs are cloned before the next replay can overwrite them.
+them), the step's outputs are cloned before the next replay can overwrite them, and a decode
+loop's steady-state calls skip dynamo's argument checks (``compiled_step``).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -24,6 +27,8 @@ _COMPILED: dict[tuple[Callable, str], Callable] = {}
 # own for the same step function; dynamo's default of 8 per function is too few for a benchmark sweep.
 GRAPHS_PER_STEP = 64
 GUARDED_CALLS = 2  # calls of a decode loop whose arguments dynamo checks in full (see compiled_step)
+_set_stance = getattr(torch.compiler, "set_stance", lambda: None)  # torch >= 2.6; guard skipping >= 2.7
+_CAN_SKIP_GUARDS = "skip_guard_eval_unsafe" in inspect.signature(_set_stance).parameters
 
 
 def _tree_map(fn, tree):
@@ -39,7 +44,8 @@ def _tree_map(fn, tree):
 def _compile(step: Callable, kind: str) -> Callable:
     """`step` under torch.compile, once per device type (its graphs are reused across images)."""
     if (step, kind) not in _COMPILED:
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, GRAPHS_PER_STEP)
+        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # < 2.7
+        setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), GRAPHS_PER_STEP))
         if kind == "cuda":  # CUDA graphs: one launch replays the whole step
             _COMPILED[step, kind] = torch.compile(step, fullgraph=True, mode="reduce-overhead")
         else:  # a C++ wrapper calls the kernels: no Python per kernel (CPU steps are launch-bound)
@@ -65,7 +71,7 @@ def compiled_step(step: Callable, device: str | torch.device) -> Callable:
         calls += 1
         if kind == "cuda":
             torch.compiler.cudagraph_mark_step_begin()
-        if calls > GUARDED_CALLS:
+        if calls > GUARDED_CALLS and _CAN_SKIP_GUARDS:
             with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
                 out = fn(*args)
         else:
