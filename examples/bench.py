@@ -246,6 +246,7 @@ def bench_real(device, window: int = 16, iters: int = 20, budget: float = 1e9) -
                 row[f"w_{key}_ms"] = 1e3 * time_steps(sjd_step, iters, device)
             del pre
         rows.append(row)
+        print(f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k.endswith("_ms")), flush=True)
         del params, model
         torch.cuda.empty_cache()
     return rows, bw
@@ -298,27 +299,27 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     sections = [f"# Benchmarks\n\nWritten by `examples/bench.py` (`make bench`). {device_line(args.device)}\n"]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def add(title: str, table: str) -> None:
+        """Print a table and rewrite the file with it: a run cut off later keeps the tables it has."""
+        print(table, flush=True)
+        sections.append(f"## {title}\n\n{table}\n")
+        out.write_text("\n".join(sections))
+
+    if args.real or args.real_only:  # first: on a GPU the real sizes are what the run is for
+        if torch.device(args.device).type != "cuda":
+            raise SystemExit("--real needs a CUDA device")
+        add("Real sizes (random weights)", real_table(*bench_real(args.device, 16, budget=args.real_budget), 16))
     if not args.real_only:
         prompts = args.prompt or PROMPTS
         seeds = list(range(args.seeds))
         modes = [False] if args.no_compile else [False, True]
         rows, windows, init = bench_images(args.model, prompts, seeds, args.window, args.init, args.device, modes)
-        table = images_table(rows, Path(args.model).name, init, prompts, seeds)
-        print(table, flush=True)
-        sections.append("## Whole images\n\n" + table + "\n")
-        table = forward_table(*bench_forward(args.model, windows, args.device, modes))
-        print(table, flush=True)
-        sections.append("## The model call alone\n\n" + table + "\n")
-    if args.real or args.real_only:
-        if torch.device(args.device).type != "cuda":
-            raise SystemExit("--real needs a CUDA device")
-        rows, bw = bench_real(args.device, 16, budget=args.real_budget)
-        table = real_table(rows, bw, 16)
-        print(table, flush=True)
-        sections.append("## Real sizes (random weights)\n\n" + table + "\n")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(sections))
-    print(f"wrote {args.out}")
+        add("Whole images", images_table(rows, Path(args.model).name, init, prompts, seeds))
+        add("The model call alone", forward_table(*bench_forward(args.model, windows, args.device, modes)))
+    print(f"wrote {out}")
     return 0
 
 
