@@ -109,7 +109,7 @@ def init_drafts(
 
     A copied draft ("horizontal", "vertical") reads the token `back` positions earlier, which may be a
     draft written here: slots are filled in chunks of `back` slots, each reading only earlier chunks
-    (one chunk for "random" drafts, and for "vertical" whenever a row is at least a window long)."""
+    (one chunk for "random" drafts, and for "vertical" whenever a row holds at least W - 1 tokens)."""
     b, w = fresh.shape
     ids = torch.arange(vocab, device=seq.device)
     rows = torch.arange(b, device=seq.device)[:, None]

@@ -7,7 +7,7 @@ from sjd_min import transformer as T
 from sjd_min.ar import ar_decode
 from sjd_min.decoding import Constraint
 from sjd_min.sampling import Sampler
-from sjd_min.sjd import INIT_MODES, REFRESH_MODES, JacobiConfig, sjd_decode
+from sjd_min.sjd import INIT_MODES, REFRESH_MODES, JacobiConfig, init_drafts, sjd_decode
 
 from toy import ToyModel
 
@@ -103,6 +103,36 @@ def test_vertical_drafts_speed_up_a_repetitive_model():
         return sjd_decode(model, pre, n, Sampler(), Constraint.free(n, 8), torch.Generator().manual_seed(0),
                           JacobiConfig(window=8, init=init, row_width=width))
     assert run("vertical").forward_calls < run("random").forward_calls
+
+
+@pytest.mark.parametrize("init, back", [("horizontal", 1), ("vertical", 2), ("vertical", 3), ("vertical", 7)])
+def test_copied_drafts_read_drafts_written_before_them(init, back):
+    """New window slots are filled in chunks of the copy distance: a draft whose source is itself a new
+    draft must see it. With n committed tokens and every slot new, draft k copies position n + k - back,
+    so the drafts repeat the last `back` committed tokens; a slot whose source lies before the sequence,
+    or whose copy the position does not allow, gets a random draft (q uniform over the allowed ids)."""
+    w, vocab, n = 8, 10, 4
+    seq = torch.zeros(2, 20, dtype=torch.long)
+    seq[:, :n] = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
+    lo, hi = torch.zeros(20, dtype=torch.long), torch.full((20,), vocab)
+    hi[n + 5] = 3  # this position allows ids 0-2 only: a copy of 3..8 is refused there
+    fresh = torch.ones(2, w, dtype=torch.bool)
+    fresh[:, w - 1] = False
+    noise = torch.empty(2, w, vocab).exponential_(generator=torch.Generator().manual_seed(0))
+    out, q = init_drafts(seq.clone(), torch.full((2,), n), fresh, noise, lo, hi,
+                         JacobiConfig(window=w, init=init, row_width=back), vocab)
+    for r in range(2):
+        for k in range(w - 1):
+            src, pos = n + k - back, n + k
+            source = int(out[r, src]) if src >= 0 else None
+            if source is not None and lo[pos] <= source < hi[pos]:
+                assert out[r, pos] == source and q[r, k, source] == 1 and q[r, k].sum() == 1
+            else:  # random over the allowed ids
+                assert lo[pos] <= out[r, pos] < hi[pos]
+                assert torch.allclose(q[r, k, : int(hi[pos])], torch.full((int(hi[pos]),), 1 / int(hi[pos])))
+    assert (q[:, w - 1] == 0).all()  # the bonus slot holds no draft
+    if back <= n:  # every source exists: the window repeats the last `back` committed tokens up to the refused slot
+        assert torch.equal(out[:, n : n + 5], seq[:, n - back : n].repeat(1, 5)[:, :5])
 
 
 # ----------------------------------------------------------------------------- bad arguments
