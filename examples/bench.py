@@ -14,7 +14,7 @@ bandwidth).
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import os
 import platform
 import statistics
 import sys
@@ -272,11 +272,21 @@ PROMPTS = ["a big red circle on the left", "a small green circle above a big pur
            "a big yellow triangle in the center", "a small yellow square below a big blue circle"]
 
 
+def cpu_name() -> str:
+    try:  # Linux: the model name the kernel reports; elsewhere whatever platform knows
+        text = Path("/proc/cpuinfo").read_text()
+        return next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def device_line(device) -> str:
-    name = torch.cuda.get_device_name() if torch.device(device).type == "cuda" else (platform.processor() or "cpu")
-    threads = torch.get_num_threads()
-    return (f"Device: {name} ({device}, {threads} CPU threads); torch {torch.__version__}, "
-            f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}.")
+    if torch.device(device).type == "cuda":
+        name = torch.cuda.get_device_name()
+    else:
+        name = f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s)"
+    return (f"Device: {name} ({device}); torch {torch.__version__}, Python {platform.python_version()}, "
+            f"{time.strftime('%Y-%m-%d')}.")
 
 
 def main(argv=None) -> int:
