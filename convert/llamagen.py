@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # run as `python convert/llamagen.py`: make the r
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sjd_min import transformer as T
-from sjd_min.checkpoint import WeightsError, flatten, load_torch_file, unflatten, write_folder
+from sjd_min.checkpoint import WeightsError, flatten, from_hub, load_torch_file, unflatten, write_folder
 from sjd_min.vq import vqgan
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -62,16 +62,8 @@ def resolve_file(name: str) -> Path:
     repo = next((r for pat, r in HUB_REPOS if pat.fullmatch(path.name) and str(path) == path.name), None)
     if repo is None:
         raise FileNotFoundError(f"{name} does not exist")
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError as e:
-        raise FileNotFoundError(f"{name} is not a local file, and huggingface_hub (to fetch it from {repo}) is not "
-                                f"installed: `huggingface-cli download {repo} {name} --local-dir .` first") from e
-    print(f"downloading {name} from the Hugging Face hub ({repo})...")
-    try:
-        return Path(hf_hub_download(repo, name))
-    except Exception as e:  # offline, unknown file, ...: the hub client has many error types
-        raise FileNotFoundError(f"{name} is not a local file and could not be fetched from {repo} ({e})") from e
+    return from_hub(name, repo, f"huggingface-cli download {repo} {name} --local-dir .",
+                    lambda hub: hub.hf_hub_download(repo, name))
 
 
 def state_dict_of(path: Path) -> dict[str, Tensor]:

@@ -25,7 +25,7 @@ from torch import Tensor
 if __package__ in (None, ""):  # run as `python convert/t5.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sjd_min.checkpoint import WeightsError, flatten, load_torch_file, unflatten, write_folder
+from sjd_min.checkpoint import WeightsError, flatten, from_hub, load_torch_file, unflatten, write_folder
 from sjd_min.t5 import T5Config, init_params
 from sjd_min.t5 import load as t5_load
 
@@ -148,16 +148,8 @@ def resolve_src(src: str) -> Path:
         return path
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", src):
         raise FileNotFoundError(f"T5 folder {src} does not exist")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError as e:
-        raise FileNotFoundError(f"{src} is not a local folder, and huggingface_hub (to fetch it from the hub) is not "
-                                f"installed: `huggingface-cli download {src} --local-dir DIR` first") from e
-    print(f"downloading {src} from the Hugging Face hub (config, tokenizer, safetensors)...")
-    try:
-        return Path(snapshot_download(src, allow_patterns=["*.json", "*.safetensors"]))
-    except Exception as e:  # offline, unknown repo, ...: the hub client has many error types
-        raise FileNotFoundError(f"{src} is not a local folder and could not be fetched from the hub ({e})") from e
+    return from_hub(src, src, f"huggingface-cli download {src} --local-dir DIR",
+                    lambda hub: hub.snapshot_download(src, allow_patterns=["*.json", "*.safetensors"]))
 
 
 def load_t5(src: str | Path, dtype: torch.dtype | None = None) -> tuple[T5Config, dict, Path]:

@@ -45,12 +45,12 @@ def sync(device):
 # ----------------------------------------------------------------------------- part 1: whole images
 
 
-def bench_images(model: str, prompts: list[str], seeds: list[int], windows: list[int] | None, init: str | None,
+def bench_images(pipeline, prompts: list[str], seeds: list[int], windows: list[int] | None, init: str | None,
                  device: str, modes: list[bool]) -> tuple[list[dict], list[int], str]:
     """Every configuration decodes every (seed, prompt) image, interleaved image by image, so that a
     slow spell of a shared machine hits all of them alike; ratios compare sums over the same images."""
-    pipeline = load_pipeline(model, device=device)
     sampler = default_sampler(pipeline)
+    n_tokens = pipeline.job(prompts[:1], sampler, None).n_tokens  # output tokens per image (one image size)
     init = init or pipeline.defaults.get("init", "random")
     windows = windows or [pipeline.defaults.get("window", 16)]
     configs = [(m, w, c) for c in modes for m, w in [("ar", 1)] + [(m, w) for w in windows for m in METHODS[1:]]]
@@ -62,18 +62,17 @@ def bench_images(model: str, prompts: list[str], seeds: list[int], windows: list
     for seed in seeds:
         for prompt in prompts:
             for cfg in configs:
-                calls, wall, n_tokens = run_image(pipeline, prompt, sampler, cfg[0], seed, cfg[1], init, device, cfg[2])
+                calls, wall = run_image(pipeline, prompt, sampler, cfg[0], seed, cfg[1], init, device, cfg[2])
                 st = stats[cfg]
                 st["calls"] += calls
                 st["wall"] += wall
                 st["images"] += 1
-                st["tokens"] = n_tokens * st["images"]
                 bar.update()
     bar.close()
     rows = []
     for (method, w, compiled), st in stats.items():
         ar, eager = stats[("ar", 1, compiled)], stats.get((method, w, False))
-        speedup, compression = ar["wall"] / st["wall"], st["tokens"] / st["calls"]
+        speedup, compression = ar["wall"] / st["wall"], st["images"] * n_tokens / st["calls"]
         rows.append(dict(method=method, window=w if method != "ar" else None, compiled=compiled,
                          calls=st["calls"] / st["images"], wall=st["wall"] / st["images"], compression=compression,
                          step_ms=1e3 * st["wall"] / st["calls"], speedup=speedup, efficiency=speedup / compression,
@@ -81,7 +80,7 @@ def bench_images(model: str, prompts: list[str], seeds: list[int], windows: list
     return rows, windows, init
 
 
-def run_image(pipeline, prompt, sampler, method, seed, window, init, device, compiled) -> tuple[int, float, int]:
+def run_image(pipeline, prompt, sampler, method, seed, window, init, device, compiled) -> tuple[int, float]:
     with torch.inference_mode():
         job = pipeline.job([prompt], sampler, None)
         gen = torch.Generator(device=device).manual_seed(seed)
@@ -89,7 +88,7 @@ def run_image(pipeline, prompt, sampler, method, seed, window, init, device, com
         t0 = time.perf_counter()
         res = decode_job(job, method, gen, window, init, compiled=compiled)
         sync(device)
-        return res.forward_calls, time.perf_counter() - t0, job.n_tokens
+        return res.forward_calls, time.perf_counter() - t0
 
 
 def images_table(rows, model, init, prompts, seeds) -> str:
@@ -113,9 +112,8 @@ def forward_only(model, tokens, positions, cache, start):
     return model(tokens, positions, {**cache, "length": start})
 
 
-def bench_forward(model: str, windows: list[int], device: str, modes: list[bool], iters: int = 200):
+def bench_forward(pipeline, windows: list[int], device: str, modes: list[bool], iters: int = 200):
     """The model call alone at 1 token (AR) and at W tokens (a window), CFG rows included, interleaved."""
-    pipeline = load_pipeline(model, device=device)
     sampler = default_sampler(pipeline)
     with torch.inference_mode():
         job = pipeline.job([PROMPTS[0]], sampler, None)
@@ -326,9 +324,10 @@ def main(argv=None) -> int:
         prompts = args.prompt or PROMPTS
         seeds = list(range(args.seeds))
         modes = [False] if args.no_compile else [False, True]
-        rows, windows, init = bench_images(args.model, prompts, seeds, args.window, args.init, args.device, modes)
+        pipeline = load_pipeline(args.model, device=args.device)
+        rows, windows, init = bench_images(pipeline, prompts, seeds, args.window, args.init, args.device, modes)
         add("Whole images", images_table(rows, Path(args.model).name, init, prompts, seeds))
-        add("The model call alone", forward_table(*bench_forward(args.model, windows, args.device, modes)))
+        add("The model call alone", forward_table(*bench_forward(pipeline, windows, args.device, modes)))
     print(f"wrote {out}")
     return 0
 

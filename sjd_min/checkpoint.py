@@ -172,6 +172,29 @@ def cast(tree, dtype: torch.dtype):
     return [cast(v, dtype) for v in tree]
 
 
+def cast_for(tree, device, dtype: torch.dtype | None = None):
+    """Transformer weights to run on `device`: in `dtype` where given, else float32 on CPU (half-precision
+    matrix products are slow there) and the stored dtype elsewhere."""
+    if dtype is None and torch.device(device).type == "cpu":
+        dtype = torch.float32
+    return cast(tree, dtype) if dtype is not None else tree
+
+
+def from_hub(what: str, repo: str, by_hand: str, fetch) -> Path:
+    """`what` fetched from the Hugging Face hub repo `repo` by ``fetch(huggingface_hub)``. FileNotFoundError
+    where huggingface_hub is not installed (naming `by_hand`, the command that fetches it) or the fetch fails."""
+    try:
+        import huggingface_hub
+    except ImportError as e:
+        raise FileNotFoundError(f"{what} is not on disk, and huggingface_hub (to fetch it from {repo}) is not "
+                                f"installed: `{by_hand}` first") from e
+    print(f"downloading {what} from the Hugging Face hub ({repo})...")
+    try:
+        return Path(fetch(huggingface_hub))
+    except Exception as e:  # offline, unknown file, ...: the hub client has many error types
+        raise FileNotFoundError(f"{what} is not on disk and could not be fetched from {repo} ({e})") from e
+
+
 def check_shapes(folder, tensors: dict[str, dict], expected: dict) -> None:
     """WeightsError listing every missing, unexpected or mis-shaped tensor of a loaded folder.
     `expected` maps each name to a function that builds the expected parameters; it runs on fake

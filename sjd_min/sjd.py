@@ -118,7 +118,8 @@ def init_drafts(
     for first in range(0, w - 1, back):
         last = min(first + back, w - 1)  # this chunk: slots [first, last)
         pos = n[:, None] + torch.arange(first, last, device=seq.device)  # b c: output positions
-        lo, hi = lo_all[pos.clamp_max(lo_all.shape[0] - 1)], hi_all[pos.clamp_max(lo_all.shape[0] - 1)]
+        at = pos.clamp_max(lo_all.shape[0] - 1)
+        lo, hi = lo_all[at], hi_all[at]
         dlo, dhi = lo, hi  # random drafts: the allowed ids, or draft_range where the position is not forced
         if cfg.draft_range is not None:
             forced = hi - lo == 1

@@ -208,8 +208,9 @@ def apply_rope(x: Float[Tensor, "b h t e"], cos: Float[Tensor, "b t f"], sin: Fl
     return y.type_as(x)
 
 
-def attention(p: Params, c: Config, x, cos, sin, layer_k, layer_v, slots, mask):
-    """Self-attention of a window against the layer's cache. Writes the window's k, v at `slots`."""
+def attention(p: Params, c: Config, x, cos, sin, layer_k, layer_v, write_at, mask):
+    """Self-attention of a window against the layer's cache. Writes the window's k, v at `write_at`
+    (row, kv-head and slot indices, broadcasting to [b, kv_heads, t])."""
     q = rearrange(x @ p["wq"].T, "b t (h e) -> b h t e", e=c.head_dim)
     k = rearrange(x @ p["wk"].T, "b t (h e) -> b h t e", e=c.head_dim)
     v = rearrange(x @ p["wv"].T, "b t (h e) -> b h t e", e=c.head_dim)
@@ -217,12 +218,8 @@ def attention(p: Params, c: Config, x, cos, sin, layer_k, layer_v, slots, mask):
         q = head_layer_norm(q, p["q_norm"]["w"], p["q_norm"]["b"], c.qk_norm_eps)
         k = head_layer_norm(k, p["k_norm"]["w"], p["k_norm"]["b"], c.qk_norm_eps)
     q, k = apply_rope(q, cos, sin, c.rope_interleaved), apply_rope(k, cos, sin, c.rope_interleaved)
-    # static cache: write in place at tensor positions. index_put_ (not scatter_) because the compiler
-    # turns it into an in-place write; a scatter_ costs a copy of the whole layer cache per step.
-    rows = torch.arange(k.shape[0], device=k.device)[:, None, None]
-    heads = torch.arange(c.kv_heads, device=k.device)[None, :, None]
-    layer_k.index_put_((rows, heads, slots[:, None, :]), k.to(layer_k.dtype))
-    layer_v.index_put_((rows, heads, slots[:, None, :]), v.to(layer_v.dtype))
+    layer_k.index_put_(write_at, k.to(layer_k.dtype))  # static cache: written in place
+    layer_v.index_put_(write_at, v.to(layer_v.dtype))
     o = F.scaled_dot_product_attention(
         q, layer_k.to(q.dtype), layer_v.to(q.dtype), attn_mask=mask[:, None], enable_gqa=c.kv_heads != c.n_heads
     )  # b h t e
@@ -268,18 +265,21 @@ def forward(
     h = params["embed"][x] if not x.is_floating_point() else x.to(params["embed"].dtype)  # b t d
     slots = cache["length"][:, None] + torch.arange(t, device=h.device)  # b t
     valid = cache["valid"]
+    # Cache writes use index_put_ with full indices (not scatter_): the compiler keeps it an in-place
+    # write, where a scatter_ into a layer's cache costs a copy of that whole cache per step.
     rows = torch.arange(b, device=h.device)[:, None]
     valid.index_put_((rows, slots), mask if mask is not None else torch.ones_like(slots, dtype=torch.bool))
+    write_at = (rows[..., None], torch.arange(c.kv_heads, device=h.device)[:, None], slots[:, None, :])
     key_slot = torch.arange(valid.shape[1], device=h.device)  # S
     attend = (key_slot <= slots[..., None]) & (valid[:, None, :] | (key_slot == slots[..., None]))  # b t S
     cos, sin = rope_angles(c, positions)
     for i, layer in enumerate(params["layers"]):
         if c.norm_placement == "pre":
             h = h + attention(layer["attn"], c, rms_norm(h, layer["attn_norm"], c.norm_eps), cos, sin,
-                              cache["k"][i], cache["v"][i], slots, attend)
+                              cache["k"][i], cache["v"][i], write_at, attend)
             h = h + mlp(layer["mlp"], rms_norm(h, layer["mlp_norm"], c.norm_eps))
         else:
-            a = attention(layer["attn"], c, h, cos, sin, cache["k"][i], cache["v"][i], slots, attend)
+            a = attention(layer["attn"], c, h, cos, sin, cache["k"][i], cache["v"][i], write_at, attend)
             h = h + rms_norm(a, layer["attn_norm"], c.norm_eps)
             h = h + rms_norm(mlp(layer["mlp"], h), layer["mlp_norm"], c.norm_eps)
     logits = (rms_norm(h, params["norm"], c.norm_eps) @ params["head"].T).float()

@@ -35,7 +35,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from .. import transformer as T
-from ..checkpoint import WeightsError, cast, check_shapes, read_folder
+from ..checkpoint import WeightsError, cast, cast_for, check_shapes, read_folder
 from ..layout import ImageLayout, prefill_prompts
 from ..pipeline import Job
 from ..sampling import Sampler
@@ -130,11 +130,7 @@ def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dt
                                        vq=lambda: V.init_params(vconf, torch.Generator())))
     if not (folder / "tokenizer.json").is_file():
         raise WeightsError(f"{folder} lacks tokenizer.json; convert the weights again")
-    params = tensors["transformer"]
-    if dtype is None and torch.device(device).type == "cpu":
-        dtype = torch.float32
-    if dtype is not None:
-        params = cast(params, dtype)
+    params = cast_for(tensors["transformer"], device, dtype)
     size = side - side % vconf.factor
     return Emu3(
         params=params, config=tconf, vq_params=cast(tensors["vq"], torch.float32), vq_config=vconf, ids=ids,

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from .. import t5 as T5
 from .. import transformer as T
-from ..checkpoint import WeightsError, cast, check_shapes, read_folder
+from ..checkpoint import WeightsError, cast, cast_for, check_shapes, read_folder
 from ..decoding import Prefix
 from ..layout import WINDOW_MARGIN, ImageLayout
 from ..pipeline import Job
@@ -203,10 +203,7 @@ def load_gpt(folder: str | Path, device="cpu", dtype: torch.dtype | None = None)
     except (KeyError, TypeError, ValueError) as e:
         raise WeightsError(f"{folder}/config.json is incomplete or invalid ({e}); convert the weights again") from e
     check_shapes(folder, tensors, dict(transformer=lambda: T.init_params(tconf, torch.Generator())))
-    params = tensors["transformer"]
-    if dtype is None and torch.device(device).type == "cpu":
-        dtype = torch.float32
-    return GPT(cast(params, dtype) if dtype is not None else params, tconf, task)
+    return GPT(cast_for(tensors["transformer"], device, dtype), tconf, task)
 
 
 def load_vq(folder: str | Path, device="cpu") -> tuple[V.VQConfig, dict]:

@@ -36,7 +36,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from .. import transformer as T
-from ..checkpoint import WeightsError, cast, check_shapes, read_folder
+from ..checkpoint import WeightsError, cast, cast_for, check_shapes, read_folder
 from ..layout import ImageLayout, prefill_prompts
 from ..pipeline import Job
 from ..sampling import Sampler
@@ -141,11 +141,7 @@ def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dt
     tok_path = folder / config.get("text_tokenizer", "text_tokenizer.json")
     if not tok_path.is_file():
         raise WeightsError(f"{folder} lacks {tok_path.name}; convert the weights again")
-    params = tensors["transformer"]
-    if dtype is None and torch.device(device).type == "cpu":
-        dtype = torch.float32
-    if dtype is not None:
-        params = cast(params, dtype)
+    params = cast_for(tensors["transformer"], device, dtype)
     return LuminaMGPT(
         params=params, config=tconf, vq_params=cast(tensors["vq"], torch.float32), vq_config=vconf, layout=layout,
         image_ids=torch.tensor(image_ids, dtype=torch.long, device=device),
