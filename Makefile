@@ -35,6 +35,7 @@ tiny-model: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# AR vs SJD vs coupled SJD, eager and compiled, W = 4/8/16 on the same seeds -> docs/benchmarks.md (about 5 min on 2 CPU cores).
 bench: $(STAMP)
 	$(BIN)/python examples/bench.py --window 4 --window 8 --window 16
 
