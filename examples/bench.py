@@ -30,9 +30,10 @@ sys.path.insert(0, str(ROOT))
 from sjd_min import transformer as T  # noqa: E402
 from sjd_min.ar import ar_iteration  # noqa: E402
 from sjd_min.compile import compiled_step, prepare_static  # noqa: E402
-from sjd_min.decoding import Constraint, cfg_rows  # noqa: E402
-from sjd_min.generate import DEFAULT_WEIGHTS, METHODS, decode_job, default_sampler  # noqa: E402
-from sjd_min.pipeline import load_pipeline  # noqa: E402
+from sjd_min.decoding import Constraint, Prefix, cfg_rows  # noqa: E402
+from sjd_min.family import load_pipeline  # noqa: E402
+from sjd_min.generate import DEFAULT_WEIGHTS  # noqa: E402
+from sjd_min.methods import METHODS, decode_job  # noqa: E402
 from sjd_min.sampling import Sampler, exp_noise  # noqa: E402
 from sjd_min.sjd import JacobiConfig, draw_noise, init_drafts, init_state, sjd_iteration  # noqa: E402
 
@@ -49,10 +50,10 @@ def bench_images(pipeline, prompts: list[str], seeds: list[int], windows: list[i
                  device: str, modes: list[bool]) -> tuple[list[dict], list[int], str]:
     """Every configuration decodes every (seed, prompt) image, interleaved image by image, so that a
     slow spell of a shared machine hits all of them alike; ratios compare sums over the same images."""
-    sampler = default_sampler(pipeline)
+    sampler = pipeline.defaults.sampler()
     n_tokens = pipeline.job(prompts[:1], sampler, None).n_tokens  # output tokens per image (one image size)
-    init = init or pipeline.defaults.get("init", "random")
-    windows = windows or [pipeline.defaults.get("window", 16)]
+    init = init or pipeline.defaults.init
+    windows = windows or [pipeline.defaults.window]
     configs = [(m, w, c) for c in modes for m, w in [("ar", 1)] + [(m, w) for w in windows for m in METHODS[1:]]]
     # warm-up (compilation, allocator) on a seed outside the measured set
     for method, w, compiled in tqdm(configs, desc="warm-up (compiles)", unit="config", file=sys.stderr):
@@ -86,7 +87,7 @@ def run_image(pipeline, prompt, sampler, method, seed, window, init, device, com
         gen = torch.Generator(device=device).manual_seed(seed)
         sync(device)
         t0 = time.perf_counter()
-        res = decode_job(job, method, gen, window, init, compiled=compiled)
+        res = decode_job(job, method, gen, window=window, init=init, compiled=compiled)
         sync(device)
         return res.forward_calls, time.perf_counter() - t0
 
@@ -114,7 +115,7 @@ def forward_only(model, tokens, positions, cache, start):
 
 def bench_forward(pipeline, windows: list[int], device: str, modes: list[bool], iters: int = 200):
     """The model call alone at 1 token (AR) and at W tokens (a window), CFG rows included, interleaved."""
-    sampler = default_sampler(pipeline)
+    sampler = pipeline.defaults.sampler()
     with torch.inference_mode():
         job = pipeline.job([PROMPTS[0]], sampler, None)
         pre, rows = job.prefix, job.prefix.logits.shape[0]
@@ -214,7 +215,7 @@ def bench_real(device, window: int = 16, iters: int = 20, budget: float = 1e9) -
         row = dict(model=name, params=T.param_count(params), floor_ms=1e3 * weight_bytes / bw)
         for compiled in (False, True):
             with torch.inference_mode():
-                pre = T.prefill(params, cfg, x, positions, prompt_len + n_tokens + window)
+                pre = Prefix(*T.prefill(params, cfg, x, positions, prompt_len + n_tokens + window))
                 ar = compiled_step(ar_iteration, device) if compiled else ar_iteration
                 sj = compiled_step(sjd_iteration, device) if compiled else sjd_iteration
                 if compiled:
@@ -224,19 +225,18 @@ def bench_real(device, window: int = 16, iters: int = 20, budget: float = 1e9) -
 
                 def ar_step():
                     noise = exp_noise((1, cfg.vocab_size), gen, device)
-                    nxt, _ = ar(model, token, t, pre.cache, noise, pre.cache["length"], pre.position, con.lo, con.hi,
-                                sampler)
+                    nxt, _ = ar(model, token, t, pre.cache, noise, pre.cache["length"], pre.position, con, sampler)
                     nxt.cpu()
 
                 jc = JacobiConfig(window=window, refresh="maximal")
                 state = init_state(torch.zeros(1, dtype=torch.long, device=device), n_tokens, window, cfg.vocab_size)
-                state["seq"], state["q"] = init_drafts(state["seq"], state["n"], state["fresh"], state["noise"],
-                                                       con.lo, con.hi, jc, cfg.vocab_size)
+                state["q"] = init_drafts(state["seq"], state["n"], state["fresh"], state["noise"], con, jc,
+                                         cfg.vocab_size)
 
                 def sjd_step():
                     noise = draw_noise(gen, 1, window, cfg.vocab_size, device)
-                    _, _, committed = sj(model, state, pre.cache, noise, pre.cache["length"], pre.position, con.lo,
-                                         con.hi, sampler, n_tokens, jc)
+                    _, _, committed = sj(model, state, pre.cache, noise, pre.cache["length"], pre.position, con,
+                                         sampler, n_tokens, jc)
                     committed.cpu()
 
                 key = "compiled" if compiled else "eager"

@@ -25,8 +25,9 @@ import torch
 from PIL import Image
 
 from sjd_min import scenes
-from sjd_min.generate import DEFAULT_WEIGHTS, default_sampler, generate, grid, heatmap, to_pil
-from sjd_min.pipeline import load_pipeline
+from sjd_min.family import load_pipeline
+from sjd_min.generate import DEFAULT_WEIGHTS, generate
+from sjd_min.pictures import grid, heatmap, to_pil
 
 PROMPTS = [
     "a big red circle on the left",
@@ -57,20 +58,21 @@ def main():
 
     pipeline = load_pipeline(args.model)
     d = pipeline.defaults
-    window, init = args.window or d.get("window", 16), args.init or d.get("init", "random")
-    sampler = default_sampler(pipeline)
+    window, init = args.window or d.window, args.init or d.init
+    sampler = d.sampler()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"tiny model from {args.model}: {len(PROMPTS)} prompts x {args.seeds} seeds, CFG {sampler.cfg_scale}, "
           f"top-k {sampler.top_k}, temperature {sampler.temperature}; SJD window {window}, init {init}\n")
-    generate(pipeline, PROMPTS[:1], "sjd", sampler, 0, window, init)  # warm-up (first-call allocations)
+    generate(pipeline, PROMPTS[:1], method="sjd", sampler=sampler, window=window, init=init)  # warm-up (first-call allocations)
 
     stats, first, heat = {}, {}, {}
     for method in METHODS:
         calls, wall, ok = 0, 0.0, 0
         for i, prompt in enumerate(PROMPTS):
             for seed in range(args.seeds):
-                images, result, job, seconds = generate(pipeline, [prompt], method, sampler, seed, window, init)
+                g = generate(pipeline, [prompt], method=method, sampler=sampler, seed=seed, window=window, init=init)
+                images, result, job, seconds = g.images, g.result, g.job, g.seconds
                 calls += result.forward_calls
                 wall += seconds
                 ok += scenes.check(scenes.to_uint8(images)[0], prompt)[0]

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from sjd_min import scenes
-from sjd_min.generate import DEFAULT_WEIGHTS, default_sampler, generate
-from sjd_min.pipeline import load_pipeline
+from sjd_min.family import load_pipeline
+from sjd_min.generate import DEFAULT_WEIGHTS, generate
 from sjd_min.vq import vqgan as V
 
 
@@ -50,7 +50,8 @@ def accuracy(pipeline, captions: list[str], method: str, sampler, window: int, i
     ok, reasons, calls = [], {}, []
     for start in range(0, len(captions), batch):
         caps = captions[start:start + batch]
-        images, result, _, _ = generate(pipeline, caps, method, sampler, seed + start, window, init)
+        g = generate(pipeline, caps, method=method, sampler=sampler, seed=seed + start, window=window, init=init)
+        images, result = g.images, g.result
         calls.append(result.forward_calls)
         for im, c in zip(scenes.to_uint8(images), caps):
             good, why = scenes.check(im, c)
@@ -65,7 +66,8 @@ def accuracy(pipeline, captions: list[str], method: str, sampler, window: int, i
 def timing(pipeline, captions: list[str], method: str, sampler, window: int, init: str, seed: int):
     calls, walls = [], []
     for i, c in enumerate(captions):
-        _, result, job, wall = generate(pipeline, [c], method, sampler, seed + i, window, init)
+        g = generate(pipeline, [c], method=method, sampler=sampler, seed=seed + i, window=window, init=init)
+        result, job, wall = g.result, g.job, g.seconds
         calls.append(result.forward_calls)
         walls.append(wall)
     n_tokens = job.n_tokens
@@ -92,8 +94,8 @@ def main():
     torch.set_num_threads(args.threads)
     pipeline = load_pipeline(args.model)
     d = pipeline.defaults
-    window, init = args.window or d.get("window", 16), args.init or d.get("init", "random")
-    sampler = default_sampler(pipeline)
+    window, init = args.window or d.window, args.init or d.init
+    sampler = d.sampler()
     captions = scenes.eval_captions(args.prompts)
     two = sum(" a " in c[2:] for c in captions)
     report = dict(model=args.model, prompts=len(captions), two_object_prompts=two, sampler=sampler.__dict__,

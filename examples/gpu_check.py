@@ -40,17 +40,18 @@ def run(cmd: list[str], log: Path, timeout: int, env_extra: dict | None = None) 
 
 WHOLE_IMAGE = r"""
 import json, torch
-from sjd_min.generate import DEFAULT_WEIGHTS, METHODS, decode_job, default_sampler
-from sjd_min.pipeline import load_pipeline
+from sjd_min.family import load_pipeline
+from sjd_min.generate import DEFAULT_WEIGHTS
+from sjd_min.methods import METHODS, decode_job
 p = load_pipeline(DEFAULT_WEIGHTS, device="cuda")
-s = default_sampler(p)
+s = p.defaults.sampler()
 for method in METHODS:
     torch._dynamo.config.error_on_recompile = False
     tokens = []
     for i, prompt in enumerate(["a big red circle on the left", "a small green circle above a big purple square"]):
         job = p.job([prompt], s, None)
-        r = decode_job(job, method, torch.Generator(device="cuda").manual_seed(i), p.defaults.get("window", 16),
-                       p.defaults.get("init", "random"), compiled=True)
+        r = decode_job(job, method, torch.Generator(device="cuda").manual_seed(i), window=p.defaults.window,
+                       init=p.defaults.init, compiled=True)
         torch._dynamo.config.error_on_recompile = True  # the second image must reuse the first's graphs
         tokens.append(r.forward_calls)
     print(json.dumps(dict(method=method, calls=tokens)), flush=True)

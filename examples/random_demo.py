@@ -8,7 +8,7 @@ import torch
 
 from sjd_min import transformer as T
 from sjd_min.ar import ar_decode
-from sjd_min.decoding import Constraint
+from sjd_min.decoding import Constraint, Prefix
 from sjd_min.sampling import Sampler
 from sjd_min.sjd import REFRESH_MODES, JacobiConfig, sjd_decode
 
@@ -35,7 +35,7 @@ def main():
     for name, w, refresh in runs:
         calls, t0 = [], time.perf_counter()
         for seed in range(args.seeds):
-            pre = T.prefill(params, cfg, prompt, torch.arange(8).expand(2, 8), 8 + n + 16)
+            pre = Prefix(*T.prefill(params, cfg, prompt, torch.arange(8).expand(2, 8), 8 + n + 16))
             gen = torch.Generator().manual_seed(seed)
             if refresh is None:
                 out = ar_decode(T.model_fn(params, cfg), pre, n, sampler, constraint, gen)

@@ -32,6 +32,7 @@ from sjd_min import scenes
 from sjd_min import transformer as T
 from sjd_min.ar import ar_decode
 from sjd_min.checkpoint import flatten, unflatten, write_folder
+from sjd_min.family import parse_config
 from sjd_min.models import tiny
 from sjd_min.sampling import Sampler
 from sjd_min.vq import vqgan as V
@@ -111,7 +112,7 @@ def main():
     torch.manual_seed(args.seed)  # nothing should use the global RNG; this only pins stray draws
     vq_dir = Path(args.vq)
     vq_fields = json.loads((vq_dir / "vq_config.json").read_text())
-    vq_cfg = tiny.vq_config(vq_fields)
+    vq_cfg = parse_config(V.VQConfig, vq_fields, str(vq_dir / "vq_config.json"))
     vq = unflatten(load_file(str(vq_dir / "vq.safetensors")))
     grid = scenes.IMAGE // vq_cfg.factor
     tokenizer = tiny.build_tokenizer(scenes.vocabulary())
@@ -150,7 +151,7 @@ def main():
     def model_now() -> tiny.Tiny:
         p = {k: v for k, v in flatten(params).items()}
         return tiny.Tiny(params=unflatten({k: v.detach() for k, v in p.items()}), config=cfg, vq_params=vq,
-                         vq_config=vq_cfg, layout=layout, tokenizer=tokenizer, defaults=dict(tiny.DEFAULTS),
+                         vq_config=vq_cfg, layout=layout, tokenizer=tokenizer, defaults=tiny.DEFAULTS,
                          device=torch.device("cpu"))
 
     eval_caps = scenes.eval_captions(48, seed=777)
@@ -193,7 +194,6 @@ def main():
         vq=vq_fields,
         layout=dataclasses.asdict(layout),
         image_size=scenes.IMAGE,
-        defaults=dict(tiny.DEFAULTS),
         training=summary,
     )
     log = dict(args=vars(args), summary=summary, curve=curve, evals=evals, vq=vq_log)

@@ -17,8 +17,8 @@ import math
 import torch
 
 from sjd_min import scenes
-from sjd_min.generate import DEFAULT_WEIGHTS, default_sampler, generate
-from sjd_min.pipeline import load_pipeline
+from sjd_min.family import load_pipeline
+from sjd_min.generate import DEFAULT_WEIGHTS, generate
 from sjd_min.sampling import Sampler
 
 
@@ -45,21 +45,22 @@ def main():
         ok = []
         for start in range(0, len(captions), 60):
             caps = captions[start:start + 60]
-            images, *_ = generate(pipeline, caps, "ar", sampler, seed=start)
+            images = generate(pipeline, caps, method="ar", sampler=sampler, seed=start).images
             ok += [scenes.check(im, c)[0] for im, c in zip(scenes.to_uint8(images), caps)]
         p = sum(ok) / len(ok)
         print(f"| {cfg} | {k or 'all'} | {temp} | {p:.3f} +- {math.sqrt(p * (1 - p) / len(ok)):.3f} |", flush=True)
 
-    sampler = default_sampler(pipeline)
+    sampler = pipeline.defaults.sampler()
     tcaps = captions[: args.timing_prompts]
     configs = [("ar", 1, "random")] + [(m, w, i) for w in args.windows for m in ("sjd", "maximal")
                                        for i in ("horizontal", "vertical")]
     totals = {c: [0, 0.0] for c in configs}
-    generate(pipeline, tcaps[:1], "sjd", sampler, 0, 8, "vertical")  # warm-up
+    generate(pipeline, tcaps[:1], method="sjd", sampler=sampler, window=8, init="vertical")  # warm-up
     for _ in range(args.repeats):  # configurations interleaved, so load from other work hits them alike
         for i, c in enumerate(tcaps):
             for method, w, init in configs:
-                _, result, _, seconds = generate(pipeline, [c], method, sampler, seed=i, window=w, init=init)
+                g = generate(pipeline, [c], method=method, sampler=sampler, seed=i, window=w, init=init)
+                result, seconds = g.result, g.seconds
                 totals[method, w, init][0] += result.forward_calls
                 totals[method, w, init][1] += seconds
     n = args.repeats * len(tcaps)

@@ -8,22 +8,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .decoding import Constraint, ModelFn, Prefix, Result, cfg_rows, check_args
+from .decoding import Constraint, ModelFn, Prefix, Result, Runner, cfg_rows, check_args, eager
 from .sampling import Sampler, exp_noise, probs, race
 
 
 def ar_iteration(
     model: ModelFn, token: Tensor, t: Tensor, cache: dict, noise: Tensor, start: Tensor, position: Tensor,
-    lo_all: Tensor, hi_all: Tensor, sampler: Sampler,
+    constraint: Constraint, sampler: Sampler,
 ) -> tuple[Tensor, dict]:
-    """Feed x_{t-1} (`token` [b, 1]), sample x_t: the fixed-shape unit ``compile.py`` compiles.
+    """Feed x_{t-1} (`token` [b, 1]), sample x_t: the fixed-shape unit a runner may compile.
     `t` is a 0-d tensor so that one compiled graph serves every position."""
     offset = (t - 1).expand(token.shape[0], 1)  # output offset of the input token
     cache = {**cache, "length": start + cfg_rows(offset, sampler)[:, 0]}
     logits, cache = model(cfg_rows(token, sampler), position[:, None] + cfg_rows(offset, sampler), cache)
     b = token.shape[0]
     at = t.view(1, 1).expand(b, 1)  # tensor indexing: no data-dependent shapes in the graph
-    p = probs(logits, sampler, lo_all[at], hi_all[at])
+    p = probs(logits, sampler, *constraint.at(at))
     return race(p[:, 0], noise), cache
 
 
@@ -35,27 +35,22 @@ def ar_decode(
     constraint: Constraint,
     generator: torch.Generator,
     progress=None,
-    compiled: bool = False,
+    run: Runner = eager,
 ) -> Result:
-    """Sample `n_tokens` tokens per row, one model call each (the prefill gives the first)."""
+    """Sample `n_tokens` tokens per row, one model call each (the prefill gives the first).
+    `run` wraps the per-token step (``compile.compiled(model, prefix)``: the compiled one)."""
     b = check_args(prefix, n_tokens, sampler, constraint)
     vocab, device = prefix.logits.shape[-1], prefix.logits.device
-    lo_all, hi_all = constraint.lo, constraint.hi
     out = torch.empty(b, n_tokens, dtype=torch.long, device=device)
-    p0 = probs(prefix.logits[:, None], sampler, lo_all[:1].expand(b, 1), hi_all[:1].expand(b, 1))
+    p0 = probs(prefix.logits[:, None], sampler, *constraint.at(torch.zeros(b, 1, dtype=torch.long, device=device)))
     out[:, 0] = race(p0[:, 0], exp_noise((b, vocab), generator, device))
-    iterate = ar_iteration
-    if compiled:
-        from .compile import compiled_step, prepare_static
-
-        iterate = compiled_step(ar_iteration, device)
-        prepare_static(model, prefix.cache)
+    iterate = run(ar_iteration)
     cache = prefix.cache
     for t in range(1, n_tokens):
         noise = exp_noise((b, vocab), generator, device)
         t_dev = torch.tensor(t, device=device)
         out[:, t], cache = iterate(model, out[:, t - 1 : t], t_dev, cache, noise, prefix.cache["length"],
-                                   prefix.position, lo_all, hi_all, sampler)
+                                   prefix.position, constraint, sampler)
         if progress is not None:
             progress(t + 1)
     calls = torch.arange(n_tokens, device=device).expand(b, n_tokens)

@@ -9,7 +9,8 @@ are tensors, the noise is drawn before the step from the generator, the KV cache
 place at tensor positions (``index_put_``, which the compiler keeps in place), and nothing
 inside calls ``.item()`` or ``multinomial``. The prefill stays eager.
 
-Here: the weights and the cache are marked static (CUDA graphs neither copy nor re-record
+A decoder takes the step it runs through a runner (``decoding.eager`` by default); ``compiled``
+here is the other runner. Here: the weights and the cache are marked static (CUDA graphs neither copy nor re-record
 them), the step's outputs are cloned before the next replay can overwrite them, and a decode
 loop's steady-state calls skip dynamo's argument checks (``compiled_step``).
 """
@@ -80,6 +81,14 @@ def compiled_step(step: Callable, device: str | torch.device) -> Callable:
         return tuple(v if isinstance(v, dict) and "k" in v else _tree_map(torch.clone, v) for v in out)
 
     return run
+
+
+def compiled(model, prefix) -> Callable[[Callable], Callable]:
+    """The runner a decoder takes (``run=``) to compile its step: the model's weights and the prefix's
+    cache marked static, then a ``compiled_step`` per decode loop on the prefix's device."""
+    prepare_static(model, prefix.cache)
+    device = prefix.logits.device
+    return lambda step: compiled_step(step, device)
 
 
 def prepare_static(model, cache: dict) -> None:

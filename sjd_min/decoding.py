@@ -21,6 +21,12 @@ from torch import Tensor
 from .sampling import Sampler
 
 ModelFn = Callable[[Tensor, Tensor, dict], tuple[Tensor, dict]]
+Runner = Callable[[Callable], Callable]  # how a decoder runs its fixed-shape step: as is, or compiled
+
+
+def eager(step: Callable) -> Callable:
+    """The default runner: the step as written (``compile.compiled`` gives the compiled one)."""
+    return step
 
 
 @dataclasses.dataclass
@@ -53,6 +59,15 @@ class Constraint:
         lo, hi = self.lo.clone(), self.hi.clone()
         lo[t], hi[t] = token, token + 1
         return Constraint(lo, hi)
+
+    def at(self, positions: Int[Tensor, "..."]) -> tuple[Int[Tensor, "..."], Int[Tensor, "..."]]:
+        """(lo, hi) at tensor positions, in the positions' shape."""
+        return self.lo[positions], self.hi[positions]
+
+    @property
+    def n(self) -> int:
+        """Output positions covered."""
+        return self.lo.shape[0]
 
     def padded(self, extra: int, vocab: int) -> "Constraint":
         """`extra` unconstrained positions appended (window slots past the end)."""

@@ -96,4 +96,4 @@ def prefill_prompts(params: T.Params, config: T.Config, rows: list[list[int]], p
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
     capacity = -(-(length + n_tokens + WINDOW_MARGIN) // CACHE_BUCKET) * CACHE_BUCKET
-    return T.prefill(params, config, ids, positions, capacity, mask)
+    return Prefix(*T.prefill(params, config, ids, positions, capacity, mask))

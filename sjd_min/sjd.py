@@ -17,27 +17,29 @@ The algorithm, per row, with n tokens committed and a window of W slots:
     5. slots past the old window get initialised drafts: "random" over an id range (q uniform),
        "horizontal" (the left neighbour) or "vertical" (the token one image row up; q one-hot).
 
+The code labels each step with its number: ``sjd_iteration`` is step 1, ``jacobi_step`` steps 2-5.
+
 Every random draw of an iteration comes from ``draw_noise`` (one explicit generator), and
-``jacobi_step`` is a pure function of (state, logits, noise): fixed shapes, no host sync,
-ready to be compiled. Each row keeps its own accept length; finished rows idle.
+``jacobi_step`` is a pure function of (state, p, noise): fixed shapes, no host sync,
+ready to be compiled (``compile.py``). Each row keeps its own accept length; finished rows idle.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .decoding import Constraint, ModelFn, Prefix, Result, cfg_rows, check_args, check_id_range
+from .decoding import Constraint, ModelFn, Prefix, Result, Runner, cfg_rows, check_args, check_id_range, eager
 from .sampling import Sampler, exp_noise, probs, race
 
 Refresh = Literal["independent", "maximal", "gumbel"]
 Init = Literal["random", "horizontal", "vertical"]
-REFRESH_MODES = ("independent", "maximal", "gumbel")
-INIT_MODES = ("random", "horizontal", "vertical")
+REFRESH_MODES: tuple[str, ...] = get_args(Refresh)
+INIT_MODES: tuple[str, ...] = get_args(Init)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,10 +104,10 @@ def verify(
 
 
 def init_drafts(
-    seq: Int[Tensor, "b s"], n: Int[Tensor, " b"], fresh: Tensor, noise: Tensor, lo_all: Tensor, hi_all: Tensor,
-    cfg: JacobiConfig, vocab: int,
-) -> tuple[Tensor, Tensor]:
-    """Drafts (written into `seq`) and their q for the slots marked `fresh`.
+    seq: Int[Tensor, "b s"], n: Int[Tensor, " b"], fresh: Tensor, noise: Tensor, constraint: Constraint,
+    jacobi: JacobiConfig, vocab: int,
+) -> Float[Tensor, "b w v"]:
+    """Step 5: drafts for the slots marked `fresh`, written into `seq` in place; returns their q.
 
     A copied draft ("horizontal", "vertical") reads the token `back` positions earlier, which may be a
     draft written here: slots are filled in chunks of `back` slots, each reading only earlier chunks
@@ -113,21 +115,20 @@ def init_drafts(
     b, w = fresh.shape
     ids = torch.arange(vocab, device=seq.device)
     rows = torch.arange(b, device=seq.device)[:, None]
-    back = {"random": w, "horizontal": 1, "vertical": cfg.row_width}[cfg.init]
+    back = {"random": w, "horizontal": 1, "vertical": jacobi.row_width}[jacobi.init]
     q_new = torch.zeros(b, w, vocab, device=seq.device)
     for first in range(0, w - 1, back):
         last = min(first + back, w - 1)  # this chunk: slots [first, last)
         pos = n[:, None] + torch.arange(first, last, device=seq.device)  # b c: output positions
-        at = pos.clamp_max(lo_all.shape[0] - 1)
-        lo, hi = lo_all[at], hi_all[at]
+        lo, hi = constraint.at(pos.clamp_max(constraint.n - 1))
         dlo, dhi = lo, hi  # random drafts: the allowed ids, or draft_range where the position is not forced
-        if cfg.draft_range is not None:
+        if jacobi.draft_range is not None:
             forced = hi - lo == 1
-            dlo = torch.where(forced, lo, torch.full_like(lo, cfg.draft_range[0]))
-            dhi = torch.where(forced, hi, torch.full_like(hi, cfg.draft_range[1]))
+            dlo = torch.where(forced, lo, torch.full_like(lo, jacobi.draft_range[0]))
+            dhi = torch.where(forced, hi, torch.full_like(hi, jacobi.draft_range[1]))
         in_range = ((ids >= dlo[..., None]) & (ids < dhi[..., None])).float()  # b c v
         draft, q = race(in_range, noise[:, first:last]), in_range / in_range.sum(-1, keepdim=True)
-        if cfg.init != "random":
+        if jacobi.init != "random":
             src = pos - back
             copy = seq.gather(1, src.clamp_min(0))
             ok = (src >= 0) & (copy >= lo) & (copy < hi)  # a copy must be a token this position allows
@@ -135,36 +136,40 @@ def init_drafts(
             q = torch.where(ok[..., None], (ids == copy[..., None]).float(), q)
         seq[rows, pos] = torch.where(fresh[:, first:last], draft, seq[rows, pos])
         q_new[:, first:last] = q
-    return seq, q_new
+    return q_new
 
 
 def jacobi_step(
     state: dict[str, Tensor],
     p: Float[Tensor, "b w v"],
     noise: dict[str, Tensor],
-    lo_all: Int[Tensor, " s"],
-    hi_all: Int[Tensor, " s"],
+    constraint: Constraint,
     n_tokens: int,
-    cfg: JacobiConfig,
+    jacobi: JacobiConfig,
 ) -> tuple[dict[str, Tensor], Int[Tensor, " b"]]:
-    """Verify, commit, refresh and shift one window. Returns the new state and tokens committed per row."""
+    """Steps 2-5 of the module docstring for one window whose step-1 distributions are `p`.
+    Returns the new state and the tokens committed per row. `constraint` covers the output
+    positions and the window's slots past them (``Constraint.padded``)."""
     seq, n, q, kept = state["seq"].clone(), state["n"], state["q"], state["noise"]
     b, w, vocab = p.shape
     slot = torch.arange(w, device=p.device)
     rows = torch.arange(b, device=p.device)[:, None]
     d = seq.gather(1, n[:, None] + slot)  # b w (slot W-1 holds no draft; q there is 0)
+
+    # 2. accept d_k with probability min(1, p_k(d_k) / q_k(d_k)); the residual sample at every slot
     accept, resid = verify(p, q, d, noise["u"], noise["resid"])
+    # 3. the first rejection a commits a + 1 tokens: the a accepted drafts and x_{n+a} (residual or bonus)
     a = accept[:, : w - 1].long().cumprod(1).sum(1)  # b: leading accepted drafts
     committed = torch.minimum(a + 1, n_tokens - n)  # finished rows commit nothing
     x = resid.gather(1, a[:, None])[:, 0]
     seq[rows[:, 0], n + a] = torch.where(committed > a, x, seq[rows[:, 0], n + a])  # resampled / bonus token
 
-    # 4. refreshed drafts for every slot (used where unverified, k > a)
-    if cfg.refresh == "maximal":
+    # 4. refreshed drafts for every slot (used where unverified, k > a); their q is this call's p
+    if jacobi.refresh == "maximal":
         d_new = torch.where(accept, d, resid)
         slot_noise = noise["refresh"]
     else:
-        slot_noise = kept if cfg.refresh == "gumbel" else noise["refresh"]
+        slot_noise = kept if jacobi.refresh == "gumbel" else noise["refresh"]
         d_new = race(p, slot_noise)
 
     # shift the window by `committed`: new slot i <- old slot i + committed (if < W)
@@ -177,9 +182,11 @@ def jacobi_step(
     idx = srcc[..., None].expand(-1, -1, vocab)
     q_carried = torch.where(carried[..., None], p.gather(1, idx), 0.0)
     noise_carried = torch.where(carried[..., None], slot_noise.gather(1, idx), noise["init"])
+
+    # 5. slots past the old window get initialised drafts (the bonus slot W-1 never holds one)
     fresh = ~carried
-    fresh[:, w - 1] = False  # the bonus slot never holds a draft
-    seq, q_init = init_drafts(seq, n_new, fresh, noise_carried, lo_all, hi_all, cfg, vocab)
+    fresh[:, w - 1] = False
+    q_init = init_drafts(seq, n_new, fresh, noise_carried, constraint, jacobi, vocab)
     q_next = torch.where(fresh[..., None], q_init, q_carried)
     q_next[:, w - 1] = 0
     return dict(seq=seq, n=n_new, q=q_next, noise=noise_carried, fresh=fresh), committed
@@ -190,18 +197,17 @@ def jacobi_step(
 
 def sjd_iteration(
     model: ModelFn, state: dict, cache: dict, noise: dict, start: Tensor, position: Tensor,
-    lo_all: Tensor, hi_all: Tensor, sampler: Sampler, n_tokens: int, cfg: JacobiConfig,
+    constraint: Constraint, sampler: Sampler, n_tokens: int, jacobi: JacobiConfig,
 ) -> tuple[dict, dict, Tensor]:
-    """One model call and one Jacobi step: the fixed-shape unit that ``compile.py`` compiles.
+    """Step 1 (one model call) and one Jacobi step: the fixed-shape unit a runner may compile.
     `start` / `position`: cache slot and RoPE position of output token 0, per model row."""
     n = state["n"]
-    slot = torch.arange(cfg.window, device=n.device)
+    slot = torch.arange(jacobi.window, device=n.device)
     offset = n[:, None] - 1 + slot  # output offset of each window input: x_{n-1}, d_n, ...
     cache = {**cache, "length": start + cfg_rows(n - 1, sampler)}  # commit / roll back = move the length
     logits, cache = model(cfg_rows(state["seq"].gather(1, offset), sampler), position[:, None] + cfg_rows(offset, sampler), cache)
-    out_pos = n[:, None] + slot
-    p = probs(logits, sampler, lo_all[out_pos], hi_all[out_pos])
-    state, committed = jacobi_step(state, p, noise, lo_all, hi_all, n_tokens, cfg)
+    p = probs(logits, sampler, *constraint.at(n[:, None] + slot))
+    state, committed = jacobi_step(state, p, noise, constraint, n_tokens, jacobi)
     return state, cache, committed
 
 
@@ -212,33 +218,25 @@ def sjd_decode(
     sampler: Sampler,
     constraint: Constraint,
     generator: torch.Generator,
-    cfg: JacobiConfig = JacobiConfig(),
+    jacobi: JacobiConfig = JacobiConfig(),
     progress=None,
-    compiled: bool = False,
+    run: Runner = eager,
 ) -> Result:
-    """Sample `n_tokens` tokens per row with a Jacobi window of `cfg.window` tokens.
-    `compiled`: run each iteration through the compiled step of ``compile.py``."""
-    w = cfg.window
+    """Sample `n_tokens` tokens per row with a Jacobi window of `jacobi.window` tokens.
+    `run` wraps the per-iteration step (``compile.compiled(model, prefix)``: the compiled one)."""
+    w = jacobi.window
     b = check_args(prefix, n_tokens, sampler, constraint, w)
     vocab, device = prefix.logits.shape[-1], prefix.logits.device
-    if cfg.draft_range is not None:
-        check_id_range("draft_range", *cfg.draft_range, vocab)
-    padded = constraint.padded(w + 1, vocab)
-    lo_all, hi_all = padded.lo, padded.hi
+    if jacobi.draft_range is not None:
+        check_id_range("draft_range", *jacobi.draft_range, vocab)
+    padded = constraint.padded(w + 1, vocab)  # window slots past the output are unconstrained
 
-    p0 = probs(prefix.logits[:, None], sampler, lo_all[None, :1].expand(b, 1), hi_all[None, :1].expand(b, 1))
+    p0 = probs(prefix.logits[:, None], sampler, *padded.at(torch.zeros(b, 1, dtype=torch.long, device=device)))
     first = race(p0[:, 0], exp_noise(p0[:, 0].shape, generator, device))
     state = init_state(first, n_tokens, w, vocab)
     state["noise"] = exp_noise((b, w, vocab), generator, device)
-    state["seq"], state["q"] = init_drafts(
-        state["seq"], state["n"], state["fresh"], state["noise"], lo_all, hi_all, cfg, vocab
-    )
-    iterate = sjd_iteration
-    if compiled:
-        from .compile import compiled_step, prepare_static
-
-        iterate = compiled_step(sjd_iteration, device)
-        prepare_static(model, prefix.cache)
+    state["q"] = init_drafts(state["seq"], state["n"], state["fresh"], state["noise"], padded, jacobi, vocab)
+    iterate = run(sjd_iteration)
     commit_call = torch.zeros(b, n_tokens + w, dtype=torch.long, device=device)
     committed_log = [torch.ones(b, dtype=torch.long)]
     slot = torch.arange(w, device=device)
@@ -248,7 +246,7 @@ def sjd_decode(
         n = state["n"]
         noise = draw_noise(generator, b, w, vocab, device)
         state, cache, committed = iterate(model, state, cache, noise, prefix.cache["length"], prefix.position,
-                                          lo_all, hi_all, sampler, n_tokens, cfg)
+                                          padded, sampler, n_tokens, jacobi)
         out_pos = n[:, None] + slot
         mark = (slot[None, :] < committed[:, None]) & (out_pos < n_tokens)
         commit_call.scatter_(1, out_pos, torch.where(mark, len(committed_log), commit_call.gather(1, out_pos)))

@@ -306,10 +306,9 @@ def prefill(
     positions: Int[Tensor, "b t"],
     capacity: int,
     mask: Bool[Tensor, "b t"] | None = None,
-):
-    """Run the prompt into a fresh cache of `capacity` slots; the state every decoder starts from."""
-    from .decoding import Prefix
-
+) -> tuple[Float[Tensor, "b v"], Cache, Int[Tensor, " b"], int]:
+    """Run the prompt into a fresh cache of `capacity` slots: the fields of ``decoding.Prefix`` (the state
+    every decoder starts from): last logits, the cache, the next RoPE position and the capacity."""
     b, t = x.shape[:2]
     if t < 1:
         raise ValueError("the prompt is empty")
@@ -318,7 +317,7 @@ def prefill(
     cache = init_cache(config, b, capacity, dtype=params["embed"].dtype, device=x.device)
     logits, cache = forward(params, config, x, positions, cache, mask)
     cache["length"] = torch.full((b,), t, dtype=torch.long, device=x.device)
-    return Prefix(logits[:, -1], cache, positions[:, -1] + 1, capacity)
+    return logits[:, -1], cache, positions[:, -1] + 1, capacity
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -11,7 +11,8 @@ import torch
 
 from sjd_min import transformer as T
 from sjd_min.ar import ar_decode
-from sjd_min.decoding import Constraint
+from sjd_min.compile import compiled
+from sjd_min.decoding import Constraint, Prefix, eager
 from sjd_min.sampling import Sampler
 from sjd_min.sjd import REFRESH_MODES, JacobiConfig, sjd_decode
 
@@ -20,7 +21,7 @@ SAMPLER = Sampler(top_k=8, cfg_scale=2.0)
 N = 20
 
 
-def run(method: str, seed: int, compiled: bool, device: str):
+def run(method: str, seed: int, compile_step: bool, device: str):
     params = T.init_params(CFG, torch.Generator().manual_seed(0))
     params = {k: v for k, v in params.items()}
     move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t
@@ -29,13 +30,14 @@ def run(method: str, seed: int, compiled: bool, device: str):
                    for layer in v]) for k, v in params.items()}
     prompt = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(1))
     rows = torch.cat([prompt, prompt.flip(1)]).to(device)
-    pre = T.prefill(params, CFG, rows, torch.arange(5, device=device).expand(4, 5), 5 + N + 4)
+    pre = Prefix(*T.prefill(params, CFG, rows, torch.arange(5, device=device).expand(4, 5), 5 + N + 4))
     gen = torch.Generator(device=device).manual_seed(seed)
     con = Constraint.range(N, 2, 64, device=device).force(9, 1).force(19, 1)  # rows of 9 + an end token
+    runner = compiled if compile_step else (lambda model, prefix: eager)
     if method == "ar":
-        return ar_decode(T.model_fn(params, CFG), pre, N, SAMPLER, con, gen, compiled=compiled)
+        return ar_decode(T.model_fn(params, CFG), pre, N, SAMPLER, con, gen, run=runner(T.model_fn(params, CFG), pre))
     jc = JacobiConfig(window=4, refresh=method, init="vertical", row_width=10)
-    return sjd_decode(T.model_fn(params, CFG), pre, N, SAMPLER, con, gen, jc, compiled=compiled)
+    return sjd_decode(T.model_fn(params, CFG), pre, N, SAMPLER, con, gen, jc, run=runner(T.model_fn(params, CFG), pre))
 
 
 def main(device: str) -> None:

@@ -5,7 +5,7 @@ import torch
 
 from sjd_min import transformer as T
 from sjd_min.ar import ar_decode
-from sjd_min.decoding import Constraint
+from sjd_min.decoding import Constraint, Prefix
 from sjd_min.sampling import Sampler
 from sjd_min.sjd import INIT_MODES, REFRESH_MODES, JacobiConfig, init_drafts, sjd_decode
 
@@ -19,7 +19,7 @@ N = 24
 
 def prefix(sampler=Sampler(), capacity=5 + N + 16, prompt=PROMPT):
     rows = torch.cat([prompt, prompt.flip(1)]) if sampler.cfg else prompt
-    return T.prefill(PARAMS, CFG, rows, torch.arange(rows.shape[1]).expand_as(rows), capacity)
+    return Prefix(*T.prefill(PARAMS, CFG, rows, torch.arange(rows.shape[1]).expand_as(rows), capacity))
 
 
 def sjd(seed, sampler=Sampler(top_k=8), **jc):
@@ -98,7 +98,6 @@ def test_vertical_drafts_speed_up_a_repetitive_model():
     n = 4 * width
     def run(init):
         cache = dict(tokens=torch.zeros(1, 1 + n + 8, dtype=torch.long), length=torch.ones(1, dtype=torch.long))
-        from sjd_min.decoding import Prefix
         pre = Prefix(torch.randn(1, 8), cache, torch.ones(1, dtype=torch.long), 1 + n + 8)
         return sjd_decode(model, pre, n, Sampler(), Constraint.free(n, 8), torch.Generator().manual_seed(0),
                           JacobiConfig(window=8, init=init, row_width=width))
@@ -119,8 +118,9 @@ def test_copied_drafts_read_drafts_written_before_them(init, back):
     fresh = torch.ones(2, w, dtype=torch.bool)
     fresh[:, w - 1] = False
     noise = torch.empty(2, w, vocab).exponential_(generator=torch.Generator().manual_seed(0))
-    out, q = init_drafts(seq.clone(), torch.full((2,), n), fresh, noise, lo, hi,
-                         JacobiConfig(window=w, init=init, row_width=back), vocab)
+    out = seq.clone()
+    q = init_drafts(out, torch.full((2,), n), fresh, noise, Constraint(lo, hi),
+                    JacobiConfig(window=w, init=init, row_width=back), vocab)
     for r in range(2):
         for k in range(w - 1):
             src, pos = n + k - back, n + k
@@ -168,7 +168,7 @@ def test_output_longer_than_the_cache():
 
 def test_empty_prefix():
     with pytest.raises(ValueError, match="empty"):
-        T.prefill(PARAMS, CFG, PROMPT[:, :0], PROMPT[:, :0], 10)
+        Prefix(*T.prefill(PARAMS, CFG, PROMPT[:, :0], PROMPT[:, :0], 10))
     model = ToyModel(4, 0)
     pre = model.prefix([[1]], 10)
     pre.cache["length"] = torch.zeros(1, dtype=torch.long)

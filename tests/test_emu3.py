@@ -2,6 +2,7 @@
 LLM (oracle) and with transformers' Emu3, the image layout under every decoding method, and CFG."""
 
 import base64
+import dataclasses
 import json
 import re
 import unicodedata
@@ -14,10 +15,12 @@ from safetensors.torch import load_file, save_file
 
 from convert import emu3 as C
 from sjd_min import transformer as T
+from sjd_min.decoding import Prefix
 from sjd_min.checkpoint import WeightsError, flatten, write_folder
-from sjd_min.generate import METHODS, default_sampler, generate
+from sjd_min.generate import generate
+from sjd_min.methods import METHODS
 from sjd_min.models import emu3 as M
-from sjd_min.pipeline import load_pipeline
+from sjd_min.family import load_pipeline
 from sjd_min.sampling import Sampler, probs
 from sjd_min.vq import emu3 as V
 
@@ -204,7 +207,7 @@ def test_oracle_logits_through_prefill_and_windows(oracles):
     mask = io["attention_mask"].bool()
     split = io["input_ids"].shape[1] // 2
     positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
-    pre = T.prefill(params, cfg, io["input_ids"][:, :split], positions[:, :split], 64, mask[:, :split])
+    pre = Prefix(*T.prefill(params, cfg, io["input_ids"][:, :split], positions[:, :split], 64, mask[:, :split]))
     logits, _ = T.forward(params, cfg, io["input_ids"][:, split:], positions[:, split:], pre.cache)
     ref = io["logits"][:, split:]
     torch.testing.assert_close(logits, ref, atol=ATOL, rtol=0)
@@ -272,7 +275,7 @@ def test_hf_layout_converts_whole_and_matches_transformers(tmp_path, capsys):
     assert C.main(["--model", str(src), "--out", str(out), "--dtype", "float32"]) == 0
     assert "vocabulary_map" in capsys.readouterr().out
     pipe = load_pipeline(out)
-    assert pipe.family == "emu3" and pipe.ids == {k: v for k, v in ids.items() if k != "vocab"}
+    assert pipe.family == "emu3" and dataclasses.asdict(pipe.ids) == {k: v for k, v in ids.items() if k != "vocab"}
     assert json.loads(pipe.tokenizer.to_str()) == json.loads(tok.to_str())  # upstream's, not the shipped one
     g = torch.Generator().manual_seed(4)
     tokens = torch.randint(0, ids["vocab"], (2, 10), generator=g)
@@ -306,7 +309,7 @@ def test_original_layout_converts_whole(tmp_path, oracles, capsys):
     for ours, ref in ((pipe.params, params), (pipe.vq_params, vq_params)):
         ours, ref = flatten(ours), flatten(ref)
         assert ours.keys() == ref.keys() and all(torch.equal(ours[k], ref[k]) for k in ref)
-    assert pipe.defaults["size"] == 64 and pipe.defaults["cfg_on"] == "log_probs"
+    assert pipe.defaults.size == 64 and pipe.defaults.cfg_on == "log_probs"
 
 
 def no_output(tmp_path, out):
@@ -392,10 +395,11 @@ def test_layout_and_end_tokens_for_every_method(tiny, method):
     pipe, ids = tiny
     size = 12  # 6 x 6 tokens with the tiny 2x VQ
     side = size // pipe.vq_config.factor
-    sampler = default_sampler(pipe)
+    sampler = pipe.defaults.sampler()
     assert (sampler.cfg_scale, sampler.cfg_on, sampler.top_k) == (3.0, "log_probs", 2048)
-    images, result, job = generate(pipe, ["a red circle", "two green triangles and a star"], method, sampler,
-                                   seed=1, window=4, init="vertical", size=size)[:3]
+    g = generate(pipe, ["a red circle", "two green triangles and a star"], method=method, sampler=sampler,
+                 seed=1, window=4, init="vertical", size=size)
+    images, result, job = g.images, g.result, g.job
     n = side * (side + 1) + 3
     assert job.n_tokens == n and job.layout.row_width == side + 1 and job.layout.image_range == pipe.visual_range
     tokens = result.tokens
@@ -411,7 +415,7 @@ def test_layout_and_end_tokens_for_every_method(tiny, method):
 
 def test_sizes_are_checked(tiny):
     pipe, _ = tiny
-    sampler = default_sampler(pipe)
+    sampler = pipe.defaults.sampler()
     with pytest.raises(ValueError, match="multiple of 2"):
         pipe.job(["x"], sampler, size=7)
     with pytest.raises(ValueError, match="smaller --size"):

@@ -16,9 +16,9 @@ from convert import llamagen as C
 from sjd_min import __main__ as cli
 from sjd_min import transformer as T
 from sjd_min.checkpoint import flatten
-from sjd_min.generate import decode_job
+from sjd_min.methods import decode_job
 from sjd_min.models import llamagen as L
-from sjd_min.pipeline import load_pipeline
+from sjd_min.family import load_pipeline
 from sjd_min.sampling import Sampler
 from sjd_min.vq import vqgan as V
 
@@ -389,9 +389,9 @@ def test_t2i_generates_from_text_with_a_self_contained_folder(tmp_path):
     cond, mask = pipe.condition(["a red cat", "dog"])
     assert cond.shape == (2, 120, 16) and mask[:, -1].all() and not mask[:, 0].any()
     assert mask.sum(1).tolist() == [4, 2]  # words + </s>, moved to the end
-    assert pipe.defaults["cfg_scale"] == 7.5 and pipe.defaults["top_k"] == 1000
-    out = tmp_path / "img"
+    assert pipe.defaults.cfg_scale == 7.5 and pipe.defaults.top_k == 1000
     for method in ("ar", "sjd"):
+        out = tmp_path / f"img-{method}"
         assert cli.main(["generate", "--model", str(folder), "--prompt", "a red cat", "--method", method,
                          "--window", "4", "--out", str(out), "--device", "cpu"]) == 0
         assert Image.open(out / f"000_{method}.png").size == (8, 8)

@@ -14,9 +14,10 @@ from safetensors.torch import load_file, save_file
 from convert.lumina_mgpt import main as convert_main
 from lumina_release import vocabulary, write_llm, write_release, write_tokenizer, write_vqgan
 from sjd_min import transformer as T
+from sjd_min.decoding import Prefix
 from sjd_min.__main__ import main as cli
 from sjd_min.checkpoint import WeightsError, flatten, read_folder
-from sjd_min.generate import METHODS, decode_job
+from sjd_min.methods import METHODS, decode_job
 from sjd_min.models import lumina_mgpt as L
 from sjd_min.sampling import Sampler
 from sjd_min.vq import vqgan as V
@@ -68,7 +69,7 @@ def test_oracle_parity(oracles, tmp_path, capsys):
         logits = T.full_forward(params, config, io["input_ids"], io["position_ids"], mask)
         assert (logits - io["logits"])[mask].abs().max() <= ATOL
         # the cached path: prefill the first 12 positions, then the rest as one window
-        pre = T.prefill(params, config, io["input_ids"][:, :12], io["position_ids"][:, :12], 24, mask[:, :12])
+        pre = Prefix(*T.prefill(params, config, io["input_ids"][:, :12], io["position_ids"][:, :12], 24, mask[:, :12]))
         rest, _ = T.forward(params, config, io["input_ids"][:, 12:], io["position_ids"][:, 12:], pre.cache,
                             mask[:, 12:])
         assert (rest - io["logits"][:, 12:]).abs().max() <= ATOL
@@ -163,7 +164,7 @@ def test_prompt_tokens(pipeline):
     assert ids[1:-4] == text and vocab["red"] in text
     with pytest.raises(ValueError, match="multiple of 32"):
         pipeline.prompt_ids("x", 500)
-    assert pipeline.defaults["size"] == 768  # no size in the folder name: Lumina-mGPT's usual 768
+    assert pipeline.defaults.size == 768  # no size in the folder name: Lumina-mGPT's usual 768
 
 
 @pytest.mark.parametrize("size", [512, 768, 1024])

@@ -11,9 +11,9 @@ import torch
 from sjd_min import scenes
 from sjd_min.__main__ import main
 from sjd_min.checkpoint import WeightsError
-from sjd_min.generate import DEFAULT_WEIGHTS, default_sampler, generate
+from sjd_min.generate import DEFAULT_WEIGHTS, generate
 from sjd_min.models import tiny
-from sjd_min.pipeline import load_pipeline
+from sjd_min.family import load_pipeline
 from sjd_min.sampling import Sampler
 from sjd_min.vq import vqgan as V
 
@@ -68,7 +68,8 @@ def test_samples_follow_the_layout_and_mostly_match_their_captions(model):
     """A quality floor on a few seeded samples (the benchmark, examples/eval_tiny.py, measures it
     on 360 prompts)."""
     caps = scenes.eval_captions(16, seed=99)
-    images, result, job, _ = generate(model, caps, "sjd", default_sampler(model), seed=0, window=16, init="vertical")
+    g = generate(model, caps, method="sjd", seed=0, window=16, init="vertical")
+    images, result, job = g.images, g.result, g.job
     c = job.constraint
     assert bool(((result.tokens >= c.lo) & (result.tokens < c.hi)).all())
     assert result.forward_calls < job.n_tokens
@@ -84,7 +85,9 @@ def test_generate_command_end_to_end(tmp_path, capsys):
                "--device", "cpu"])
     assert rc == 0
     stats = json.loads((out / "stats.json").read_text())
-    assert stats["method"] == "maximal" and len(stats["images"]) == 4 and stats["forward_calls"] < stats["n_tokens"]
+    assert stats["method"] == "maximal" and len(stats["images"]) == 4 and not stats["interrupted"]
+    assert all(im["forward_calls"] < im["n_tokens"] == stats["n_tokens"] for im in stats["images"])
+    assert [im["seed"] for im in stats["images"]] == [3, 4, 5, 6]  # --batch 1: image i draws from seed + i
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert len(pngs) == 8 and sum("heatmap" in p for p in pngs) == 4
     assert "4 image(s)" in capsys.readouterr().out

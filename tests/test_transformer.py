@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sjd_min import transformer as T
+from sjd_min.decoding import Prefix
 
 FAMILIES = {
     "llama-gqa": T.Config(vocab_size=48, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96, rope_theta=1e6),
@@ -48,7 +49,7 @@ def test_windows_with_cache_equal_the_full_forward(name):
 def test_rollback_then_reforward_equals_a_fresh_run(name):
     cfg, params, tokens, positions = setup(name)
     drafts = (tokens + 1) % cfg.vocab_size
-    pre = T.prefill(params, cfg, tokens[:, :4], positions[:, :4], 16)
+    pre = Prefix(*T.prefill(params, cfg, tokens[:, :4], positions[:, :4], 16))
     _, cache = T.forward(params, cfg, drafts[:, 4:10], positions[:, 4:10], pre.cache)  # 6 drafts
     keep = torch.tensor([5, 7])  # row 0 keeps 1 draft, row 1 keeps 3: roll back by moving the length
     new = tokens[:, 5:7]
@@ -87,7 +88,7 @@ def test_class_condition_prefill_and_null_class():
     cond = T.embed_condition(params, cfg, torch.tensor([3, cfg.num_classes]))
     assert cond.shape == (2, 1, cfg.dim)
     torch.testing.assert_close(cond[1, 0], params["cond"]["table"][-1])
-    pre = T.prefill(params, cfg, cond, torch.zeros(2, 1, dtype=torch.long), 8)
+    pre = Prefix(*T.prefill(params, cfg, cond, torch.zeros(2, 1, dtype=torch.long), 8))
     assert pre.position.tolist() == [1, 1] and pre.cache["length"].tolist() == [1, 1]
 
 

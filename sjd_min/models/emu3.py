@@ -35,9 +35,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from .. import transformer as T
-from ..checkpoint import WeightsError, cast, cast_for, check_shapes, read_folder
+from ..checkpoint import WeightsError
+from ..family import Defaults, Job, Part, config_field, load_parts, transformer_part, vq_part
 from ..layout import ImageLayout, prefill_prompts
-from ..pipeline import Job
 from ..sampling import Sampler
 from ..vq import emu3 as V
 
@@ -45,8 +45,25 @@ FAMILY = "emu3"
 POSITIVE = " masterpiece, film grained, best quality."  # appended to every prompt by upstream's demos
 NEGATIVE = ("lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, cropped, "
             "worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, username, blurry.")
-ID_KEYS = ("bos", "eos", "pad", "img", "boi", "eoi", "eol", "eof", "visual_offset")
-DEFAULTS = dict(cfg_scale=3.0, cfg_on="log_probs", top_k=2048, top_p=None, temperature=1.0)
+DEFAULTS = Defaults(cfg_scale=3.0, cfg_on="log_probs", top_k=2048, temperature=1.0, size=720)  # upstream's demo
+
+
+@dataclasses.dataclass(frozen=True)
+class Ids:
+    """Emu3's special ids (config.json "ids", read by the converter from the tokenizer)."""
+
+    bos: int  # <|extra_203|>: starts the prompt
+    eos: int  # <|extra_204|>: ends the output
+    pad: int  # <|endoftext|>: left padding (masked out)
+    img: int  # <|image token|>: after the size text, the last prompt token
+    boi: int  # <|image start|>
+    eoi: int  # <|image end|>
+    eol: int  # <|extra_200|>: ends every row of visual tokens
+    eof: int  # <|extra_201|>: ends the frame
+    visual_offset: int  # id of visual token 0 (<|visual token 000000|>)
+
+
+ID_KEYS = tuple(f.name for f in dataclasses.fields(Ids))
 
 
 @dataclasses.dataclass
@@ -55,9 +72,10 @@ class Emu3:
     config: T.Config
     vq_params: dict  # vision tokenizer (float32)
     vq_config: V.Emu3VQConfig
-    ids: dict  # special ids and the visual token offset (see convert/emu3.py)
+    ids: Ids
     tokenizer: object  # tokenizers.Tokenizer
-    defaults: dict  # cfg_scale, cfg_on, top_k, top_p, temperature, size
+    defaults: Defaults
+    device: torch.device
     max_positions: int  # RoPE positions the model was trained for (prompt + output must fit)
     positive: str = POSITIVE
     negative: str = NEGATIVE
@@ -65,7 +83,7 @@ class Emu3:
 
     @property
     def visual_range(self) -> tuple[int, int]:
-        lo = self.ids["visual_offset"]
+        lo = self.ids.visual_offset
         return lo, lo + self.vq_config.codebook_size
 
     def grid(self, size: int) -> int:
@@ -79,7 +97,7 @@ class Emu3:
         """<bos> text <image start> "{h}*{w}" <image token>."""
         enc = lambda s: self.tokenizer.encode(s, add_special_tokens=False).ids  # noqa: E731
         ids = self.ids
-        out = [ids["bos"], *enc(text), ids["boi"], *enc(f"{side}*{side}"), ids["img"]]
+        out = [ids.bos, *enc(text), ids.boi, *enc(f"{side}*{side}"), ids.img]
         if max(out) >= self.config.vocab_size:
             raise ValueError(f"the text tokenizer produced id {max(out)} beyond the vocabulary ({self.config.vocab_size})")
         return out
@@ -87,10 +105,10 @@ class Emu3:
     def image_layout(self, side: int) -> ImageLayout:
         """h rows of (w visual tokens, eol), then eof, eoi, eos."""
         ids = self.ids
-        return ImageLayout(side, side, self.visual_range, eol=ids["eol"], tail=(ids["eof"], ids["eoi"], ids["eos"]))
+        return ImageLayout(side, side, self.visual_range, eol=ids.eol, tail=(ids.eof, ids.eoi, ids.eos))
 
     def job(self, prompts: list[str], sampler: Sampler, size: int | None = None) -> Job:
-        size = size or self.defaults["size"]
+        size = size or self.defaults.size
         side = self.grid(size)
         layout = self.image_layout(side)
         rows = [self.prompt_ids(p + self.positive, side) for p in prompts]
@@ -100,8 +118,7 @@ class Emu3:
         if length + layout.n_tokens > self.max_positions:
             raise ValueError(f"{size}x{size} needs {length + layout.n_tokens} positions (prompt {length} + image "
                              f"{layout.n_tokens}); the model was trained for {self.max_positions}: choose a smaller --size")
-        prefix = prefill_prompts(self.params, self.config, rows, self.ids["pad"], layout.n_tokens,
-                                 self.vq_params["codebook"].device)
+        prefix = prefill_prompts(self.params, self.config, rows, self.ids.pad, layout.n_tokens, self.device)
         return Job(model=T.model_fn(self.params, self.config), prefix=prefix, layout=layout, sampler=sampler,
                    decode=lambda tokens: self.decode(tokens, layout))
 
@@ -110,31 +127,31 @@ class Emu3:
         return V.decode(self.vq_params, self.vq_config, layout.image_tokens(tokens) - self.visual_range[0]).float()
 
 
+def _check(configs: dict) -> list[str]:
+    ids, vq, t = configs["ids"], configs["vq"], configs["transformer"]
+    problems = [f"ids.{k} = {getattr(ids, k)} is outside transformer.vocab_size {t.vocab_size}"
+                for k in ID_KEYS if not 0 <= getattr(ids, k) < t.vocab_size]
+    if ids.visual_offset + vq.codebook_size > t.vocab_size:
+        problems.append(f"visual tokens from ids.visual_offset = {ids.visual_offset} ({vq.codebook_size} codes, "
+                        f"vq.codebook_size) exceed transformer.vocab_size {t.vocab_size}")
+    return problems
+
+
 def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Emu3:
     """A converted Emu3 folder (convert/emu3.py). dtype None: the stored one on GPU, float32 on CPU.
     The vision tokenizer always runs in float32."""
     from tokenizers import Tokenizer
+
     folder = Path(folder)
-    config, tensors = read_folder(folder, ["transformer", "vq"], device=device, family=FAMILY)
-    try:
-        tconf = T.Config(**config["transformer"])
-        vconf = V.Emu3VQConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["vq"].items()})
-        ids = {k: int(config["ids"][k]) for k in ID_KEYS}
-        side = round(math.sqrt(config.get("image_area", 720 * 720)))
-    except (KeyError, TypeError, ValueError) as e:
-        raise WeightsError(f"{folder}/config.json is incomplete or invalid ({e}); convert the weights again") from e
-    if ids["visual_offset"] + vconf.codebook_size > tconf.vocab_size:
-        raise WeightsError(f"{folder}: visual tokens from {ids['visual_offset']} ({vconf.codebook_size} codes) "
-                           f"exceed the vocabulary ({tconf.vocab_size})")
-    check_shapes(folder, tensors, dict(transformer=lambda: T.init_params(tconf, torch.Generator()),
-                                       vq=lambda: V.init_params(vconf, torch.Generator())))
+    parts = [transformer_part(), vq_part(V.Emu3VQConfig, V.init_params), Part("ids", Ids)]
+    config, configs, params = load_parts(folder, FAMILY, parts, device, dtype, check=_check)
     if not (folder / "tokenizer.json").is_file():
         raise WeightsError(f"{folder} lacks tokenizer.json; convert the weights again")
-    params = cast_for(tensors["transformer"], device, dtype)
-    size = side - side % vconf.factor
+    side = round(math.sqrt(config_field(config, "image_area", int, folder, 720 * 720)))
+    vq = configs["vq"]
     return Emu3(
-        params=params, config=tconf, vq_params=cast(tensors["vq"], torch.float32), vq_config=vconf, ids=ids,
-        tokenizer=Tokenizer.from_file(str(folder / "tokenizer.json")),
-        defaults=dict(DEFAULTS, size=size), max_positions=int(config.get("max_positions", 9216)),
+        params=params["transformer"], config=configs["transformer"], vq_params=params["vq"], vq_config=vq,
+        ids=configs["ids"], tokenizer=Tokenizer.from_file(str(folder / "tokenizer.json")),
+        defaults=DEFAULTS.replace(size=side - side % vq.factor), device=torch.device(device),
+        max_positions=config_field(config, "max_positions", int, folder, 9216),
     )
-

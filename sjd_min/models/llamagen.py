@@ -28,18 +28,18 @@ from torch import Tensor
 
 from .. import t5 as T5
 from .. import transformer as T
-from ..checkpoint import WeightsError, cast, cast_for, check_shapes, read_folder
+from ..checkpoint import WeightsError, cast, read_folder
 from ..decoding import Prefix
+from ..family import Defaults, Job, config_field, load_parts, transformer_part, vq_part
 from ..layout import WINDOW_MARGIN, ImageLayout
-from ..pipeline import Job
 from ..sampling import Sampler
 from ..vq import vqgan as V
 
 Mask = Bool[Tensor, "b c"] | Int[Tensor, "b c"]  # 1 / True = a valid caption slot (upstream uses 0 / 1 ints)
 FAMILY = "llamagen"
-DEFAULTS = {  # upstream sample_c2i.py / sample_t2i.py
-    "c2i": dict(cfg_scale=4.0, top_k=2000, top_p=None, temperature=1.0, cfg_on="logits"),
-    "t2i": dict(cfg_scale=7.5, top_k=1000, top_p=None, temperature=1.0, cfg_on="logits"),
+DEFAULTS = {  # upstream sample_c2i.py / sample_t2i.py; the size is the checkpoint's own
+    "c2i": Defaults(cfg_scale=4.0, top_k=2000, temperature=1.0, cfg_on="logits"),
+    "t2i": Defaults(cfg_scale=7.5, top_k=1000, temperature=1.0, cfg_on="logits"),
 }
 
 
@@ -98,7 +98,7 @@ def prefix(gpt: GPT, cond: Tensor, mask: Mask | None, sampler: Sampler) -> Prefi
     emb, mask = condition_rows(gpt, cond, mask, sampler.cfg)
     r, c = emb.shape[:2]
     positions = torch.arange(c, device=emb.device).expand(r, c)
-    return T.prefill(gpt.params, gpt.config, emb, positions, c + gpt.grid**2 + WINDOW_MARGIN, mask)
+    return Prefix(*T.prefill(gpt.params, gpt.config, emb, positions, c + gpt.grid**2 + WINDOW_MARGIN, mask))
 
 
 def image_layout(gpt: GPT) -> ImageLayout:
@@ -162,12 +162,16 @@ class LlamaGen:
     vq_config: V.VQConfig
     image_size: int  # grid * VQ factor: the only size the checkpoint makes
     text: TextEncoder | None  # t2i only
-    defaults: dict
+    defaults: Defaults
     family: str = FAMILY
+
+    @property
+    def device(self) -> torch.device:
+        return self.gpt.params["embed"].device
 
     def condition(self, prompts: list[str]) -> tuple[Tensor, Tensor | None]:
         """Prompts -> (class ids, None) or (left-padded caption features, mask)."""
-        device = self.gpt.params["embed"].device
+        device = self.device
         if self.gpt.task == "c2i":
             return torch.tensor(class_ids(prompts, self.gpt.config.num_classes), device=device), None
         if self.text is None:
@@ -190,40 +194,25 @@ class LlamaGen:
 
 
 
-def _read(folder: Path, names: list[str], device) -> tuple[dict, dict]:
-    return read_folder(folder, names, device=device, family=FAMILY)
-
-
 def load_gpt(folder: str | Path, device="cpu", dtype: torch.dtype | None = None) -> GPT:
     """The transformer of a converted folder. dtype None: as stored on GPU, float32 on CPU."""
-    folder = Path(folder)
-    config, tensors = _read(folder, ["transformer"], device)
-    try:
-        tconf, task = T.Config(**config["transformer"]), config["task"]
-    except (KeyError, TypeError, ValueError) as e:
-        raise WeightsError(f"{folder}/config.json is incomplete or invalid ({e}); convert the weights again") from e
-    check_shapes(folder, tensors, dict(transformer=lambda: T.init_params(tconf, torch.Generator())))
-    return GPT(cast_for(tensors["transformer"], device, dtype), tconf, task)
+    config, configs, params = load_parts(folder, FAMILY, [transformer_part()], device, dtype)
+    task = config_field(config, "task", str, folder)
+    if task not in DEFAULTS:
+        raise WeightsError(f"{folder}/config.json: task = {task!r}, expected one of {', '.join(DEFAULTS)}")
+    return GPT(params["transformer"], configs["transformer"], task)
 
 
 def load_vq(folder: str | Path, device="cpu") -> tuple[V.VQConfig, dict]:
     """The VQ tokenizer of a converted folder (float32; the encoder too, where it was converted)."""
-    folder = Path(folder)
-    config, tensors = _read(folder, ["vq"], device)
-    try:
-        vconf = V.VQConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["vq"].items()})
-    except (KeyError, TypeError, ValueError) as e:
-        raise WeightsError(f"{folder}/config.json is incomplete or invalid ({e}); convert the weights again") from e
-    params = tensors["vq"]
-    has_encoder = "encoder" in params
-    check_shapes(folder, tensors, dict(vq=lambda: V.init_params(vconf, torch.Generator(), encoder=has_encoder)))
-    return vconf, cast(params, torch.float32)
+    _, configs, params = load_parts(folder, FAMILY, [vq_part(V.VQConfig, V.init_params)], device, None)
+    return configs["vq"], params["vq"]
 
 
 def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> LlamaGen:
     """A folder written by convert/llamagen.py: GPT + VQ (+ T5 and its tokenizer for t2i)."""
     folder = Path(folder)
-    config, _ = _read(folder, [], device)
+    config, _ = read_folder(folder, [], device=device, family=FAMILY)
     lacking = [f"{n}.safetensors" for n in ("transformer", "vq") if n not in config]
     if lacking:
         raise WeightsError(f"{folder} lacks {' and '.join(lacking)}: generating images needs both the GPT and the "
@@ -231,12 +220,12 @@ def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dt
     gpt = load_gpt(folder, device, dtype)
     vq_config, vq_params = load_vq(folder, device)
     if vq_config.codebook_size != gpt.config.vocab_size:
-        raise WeightsError(f"{folder}: GPT vocabulary {gpt.config.vocab_size} != VQ codebook "
-                           f"{vq_config.codebook_size}")
+        raise WeightsError(f"{folder}/config.json: transformer.vocab_size {gpt.config.vocab_size} != "
+                           f"vq.codebook_size {vq_config.codebook_size}")
     text = None
     if gpt.task == "t2i" and "t5" in config:
         t5_config, t5_params, tok = T5.load(folder, device, config.get("t5_tokenizer", "t5_tokenizer.json"))
         text = TextEncoder(cast(t5_params, gpt.params["embed"].dtype), t5_config, tok,
                            config.get("t5_max_length", gpt.config.cond_len))
     image_size = gpt.grid * vq_config.factor
-    return LlamaGen(gpt, vq_params, vq_config, image_size, text, defaults={**DEFAULTS[gpt.task], "size": image_size})
+    return LlamaGen(gpt, vq_params, vq_config, image_size, text, defaults=DEFAULTS[gpt.task].replace(size=image_size))

@@ -36,16 +36,34 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from .. import transformer as T
-from ..checkpoint import WeightsError, cast, cast_for, check_shapes, read_folder
+from ..checkpoint import WeightsError
+from ..family import Defaults, Job, Part, config_field, load_parts, transformer_part, vq_part
 from ..layout import ImageLayout, prefill_prompts
-from ..pipeline import Job
 from ..sampling import Sampler
 from ..vq import vqgan as V
 
 FAMILY = "lumina_mgpt"
 PROMPT = "Generate an image of {w}x{h} according to the following prompt:\n{text}"
-LAYOUT_KEYS = ("bos", "pad", "end_of_turn", "image_start", "image_end", "end_of_line", "size_token_base",
-               "grid_px", "grid_tokens")
+DEFAULTS = Defaults(cfg_scale=4.0, cfg_on="logits", top_k=2000, temperature=1.0, size=768)  # upstream's demo
+
+
+@dataclasses.dataclass(frozen=True)
+class Ids:
+    """Special-token ids and grid geometry (config.json "layout"; the converter reads them from the
+    vocabulary: None where it lacks the token)."""
+
+    bos: int | None  # <s>
+    pad: int | None  # left padding of shorter prompts (masked out)
+    end_of_turn: int | None  # closes the text prompt
+    image_start: int | None  # <racm3:break>
+    image_end: int | None  # <eoss>
+    end_of_line: int | None  # ends every row of image tokens
+    size_token_base: int | None  # the size token for n grid units is size_token_base + n
+    grid_px: int = 32  # pixels per size-token grid unit
+    grid_tokens: int = 2  # VQ tokens per grid unit and side
+
+
+LAYOUT_KEYS = tuple(f.name for f in dataclasses.fields(Ids))
 
 
 @dataclasses.dataclass
@@ -54,10 +72,11 @@ class LuminaMGPT:
     config: T.Config
     vq_params: dict  # Chameleon VQGAN (float32)
     vq_config: V.VQConfig
-    layout: dict  # special-token ids and grid geometry (see the converter)
+    layout: Ids
     image_ids: Int[Tensor, " k"]  # image_ids[code] = token id of VQ code `code`
     tokenizer: object  # tokenizers.Tokenizer (Meta's text_tokenizer.json)
-    defaults: dict  # cfg_scale, cfg_on, top_k, top_p, temperature, size
+    defaults: Defaults
+    device: torch.device
     family: str = FAMILY
 
     @property
@@ -66,11 +85,11 @@ class LuminaMGPT:
 
     def grid(self, size: int) -> tuple[int, int]:
         """(grid units of 32 px, VQ tokens per side) for a square image of `size` pixels."""
-        px, per = self.layout["grid_px"], self.layout["grid_tokens"]
+        px, per = self.layout.grid_px, self.layout.grid_tokens
         if size < px or size % px:
             raise ValueError(f"image size must be a positive multiple of {px} pixels, got {size}")
         units = size // px
-        if self.layout["size_token_base"] + units >= self.config.vocab_size:
+        if self.layout.size_token_base + units >= self.config.vocab_size:
             raise ValueError(f"size {size} needs a size token beyond the vocabulary ({units} grid units)")
         return units, units * per
 
@@ -79,8 +98,8 @@ class LuminaMGPT:
         units, _ = self.grid(size)
         lay = self.layout
         ids = self.tokenizer.encode(PROMPT.format(w=size, h=size, text=text), add_special_tokens=False).ids
-        size_tok = lay["size_token_base"] + units
-        out = [lay["bos"], *ids, lay["end_of_turn"], lay["image_start"], size_tok, size_tok]
+        size_tok = lay.size_token_base + units
+        out = [lay.bos, *ids, lay.end_of_turn, lay.image_start, size_tok, size_tok]
         if max(out) >= self.config.vocab_size:
             raise ValueError(f"the text tokenizer produced id {max(out)} beyond the vocabulary ({self.config.vocab_size})")
         return out
@@ -88,17 +107,17 @@ class LuminaMGPT:
     def image_layout(self, size: int) -> ImageLayout:
         """h rows of w image tokens, each ended by end-of-line, then end-of-image."""
         _, side = self.grid(size)
-        return ImageLayout(side, side, self.image_range, eol=self.layout["end_of_line"], tail=(self.layout["image_end"],))
+        return ImageLayout(side, side, self.image_range, eol=self.layout.end_of_line, tail=(self.layout.image_end,))
 
     def job(self, prompts: list[str], sampler: Sampler, size: int | None = None) -> Job:
         if not prompts:
             raise ValueError("no prompts given")
-        size = size or self.defaults["size"]
+        size = size or self.defaults.size
         layout = self.image_layout(size)
         rows = [self.prompt_ids(p, size) for p in prompts]
         if sampler.cfg:
             rows += [r[-3:] for r in rows]  # unconditional context: from the image-start token on
-        prefix = prefill_prompts(self.params, self.config, rows, self.layout["pad"], layout.n_tokens,
+        prefix = prefill_prompts(self.params, self.config, rows, self.layout.pad, layout.n_tokens,
                                  self.image_ids.device)
         return Job(model=T.model_fn(self.params, self.config), prefix=prefix, layout=layout, sampler=sampler,
                    decode=lambda tokens: self.decode(tokens, layout))
@@ -112,39 +131,42 @@ class LuminaMGPT:
         return V.decode(self.vq_params, self.vq_config, codes).float()
 
 
-def _vq_config(d: dict) -> V.VQConfig:
-    return V.VQConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+def _check(configs: dict) -> list[str]:
+    ids, vq, t = configs["layout"], configs["vq"], configs["transformer"]
+    lacking = [k for k in LAYOUT_KEYS if getattr(ids, k) is None]
+    if lacking:
+        return [f"the vocabulary it was converted from lacks the layout token(s) {', '.join(lacking)}, so it "
+                f"cannot generate images"]
+    problems = [f"layout.{k} = {getattr(ids, k)} is outside transformer.vocab_size {t.vocab_size}"
+                for k in LAYOUT_KEYS[:7] if not 0 <= getattr(ids, k) < t.vocab_size]
+    if vq.factor * ids.grid_tokens != ids.grid_px:
+        problems.append(f"the VQGAN downsamples {vq.factor}x (vq.ch_mult), but layout.grid_tokens = "
+                        f"{ids.grid_tokens} tokens on layout.grid_px = {ids.grid_px} px")
+    return problems
 
 
 def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> LuminaMGPT:
     """A converted Lumina-mGPT folder (convert/lumina_mgpt.py). dtype None: the stored one on GPU,
     float32 on CPU. The VQGAN always runs in float32."""
     from tokenizers import Tokenizer
+
     folder = Path(folder)
-    config, tensors = read_folder(folder, ["transformer", "vq"], device=device, family=FAMILY)
-    try:
-        tconf, vconf = T.Config(**config["transformer"]), _vq_config(config["vq"])
-        layout, image_ids = config["layout"], config["image_token_ids"]
-    except (KeyError, TypeError, ValueError) as e:
-        raise WeightsError(f"{folder}/config.json is incomplete or invalid ({e}); convert the weights again") from e
-    lacking = [k for k in LAYOUT_KEYS if layout.get(k) is None]
-    if lacking:
-        raise WeightsError(f"{folder}: the vocabulary it was converted from lacks the layout token(s) "
-                           f"{', '.join(lacking)}, so it cannot generate images")
-    if sorted(image_ids) != list(range(min(image_ids), max(image_ids) + 1)):
+    parts = [transformer_part(), vq_part(V.VQConfig, V.init_params), Part("layout", Ids)]
+    config, configs, params = load_parts(folder, FAMILY, parts, device, dtype, check=_check)
+    image_ids = config_field(config, "image_token_ids", list[int], folder)
+    if not image_ids or sorted(image_ids) != list(range(min(image_ids), max(image_ids) + 1)):
         raise WeightsError(f"{folder}: the image-token ids are not one contiguous range, which the layout needs")
-    if vconf.factor * layout["grid_tokens"] != layout["grid_px"]:
-        raise WeightsError(f"{folder}: the VQGAN downsamples {vconf.factor}x, but the layout puts "
-                           f"{layout['grid_tokens']} tokens on {layout['grid_px']} px")
-    check_shapes(folder, tensors, dict(transformer=lambda: T.init_params(tconf, torch.Generator()),
-                                       vq=lambda: V.init_params(vconf, torch.Generator())))
-    tok_path = folder / config.get("text_tokenizer", "text_tokenizer.json")
+    if len(image_ids) > configs["vq"].codebook_size or max(image_ids) >= configs["transformer"].vocab_size:
+        raise WeightsError(f"{folder}/config.json: {len(image_ids)} image_token_ids up to {max(image_ids)} do not "
+                           f"fit vq.codebook_size {configs['vq'].codebook_size} and transformer.vocab_size "
+                           f"{configs['transformer'].vocab_size}")
+    tok_path = folder / config_field(config, "text_tokenizer", str, folder, "text_tokenizer.json")
     if not tok_path.is_file():
         raise WeightsError(f"{folder} lacks {tok_path.name}; convert the weights again")
-    params = cast_for(tensors["transformer"], device, dtype)
+    size = config_field(config, "image_size", int, folder, config.get("defaults", {}).get("size", DEFAULTS.size))
     return LuminaMGPT(
-        params=params, config=tconf, vq_params=cast(tensors["vq"], torch.float32), vq_config=vconf, layout=layout,
-        image_ids=torch.tensor(image_ids, dtype=torch.long, device=device),
-        tokenizer=Tokenizer.from_file(str(tok_path)), defaults=dict(config.get("defaults", {})),
+        params=params["transformer"], config=configs["transformer"], vq_params=params["vq"], vq_config=configs["vq"],
+        layout=configs["layout"], image_ids=torch.tensor(image_ids, dtype=torch.long, device=device),
+        tokenizer=Tokenizer.from_file(str(tok_path)), defaults=DEFAULTS.replace(size=size),
+        device=torch.device(device),
     )
-

@@ -27,17 +27,17 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from .. import transformer as T
-from ..checkpoint import WeightsError, cast, check_shapes, read_folder
+from ..checkpoint import WeightsError
+from ..family import Defaults, Job, Part, load_parts, transformer_part, vq_part
 from ..layout import ImageLayout, prefill_prompts
-from ..pipeline import Job
 from ..sampling import Sampler
 from ..vq import vqgan as V
 
 FAMILY = "tiny"
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<boi>", "<eol>", "<eoi>")  # ids 0..5 of tokenizer.json
-# Measured with examples/tune_tiny.py (config.json "defaults" may override): sampler settings by the
-# caption checker's score of AR samples; the SJD window and draft init by wall time on 2 CPU cores.
-DEFAULTS = dict(cfg_scale=1.5, top_k=4, temperature=1.0, size=32, window=8, init="vertical")
+# Measured with examples/tune_tiny.py: sampler settings by the caption checker's score of AR samples;
+# the SJD window and draft init by wall time on 2 CPU cores.
+DEFAULTS = Defaults(cfg_scale=1.5, top_k=4, temperature=1.0, size=32, window=8, init="vertical")
 
 
 def build_tokenizer(words: list[str]):
@@ -107,7 +107,7 @@ class Tiny:
     vq_config: V.VQConfig
     layout: Layout
     tokenizer: object  # tokenizers.Tokenizer
-    defaults: dict  # cfg_scale, top_k, temperature, size; window, init for SJD
+    defaults: Defaults
     device: torch.device
     family: str = FAMILY
 
@@ -132,8 +132,15 @@ class Tiny:
         return V.decode(self.vq_params, self.vq_config, self.layout.to_codes(tokens)).float()
 
 
-def vq_config(d: dict) -> V.VQConfig:
-    return V.VQConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+def _check(configs: dict) -> list[str]:
+    t, v, layout = configs["transformer"], configs["vq"], configs["layout"]
+    problems = []
+    if layout.image_offset + layout.codebook_size > t.vocab_size:
+        problems.append(f"layout.image_offset + layout.codebook_size = {layout.image_offset + layout.codebook_size} "
+                        f"exceeds transformer.vocab_size {t.vocab_size}")
+    if layout.codebook_size != v.codebook_size:
+        problems.append(f"layout.codebook_size {layout.codebook_size} != vq.codebook_size {v.codebook_size}")
+    return problems
 
 
 def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Tiny:
@@ -142,18 +149,9 @@ def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dt
     from tokenizers import Tokenizer
 
     folder = Path(folder)
-    config, tensors = read_folder(folder, ["transformer", "vq"], device=device, family=FAMILY)
-    try:
-        tconf, vconf = T.Config(**config["transformer"]), vq_config(config["vq"])
-        layout = Layout(**config["layout"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise WeightsError(f"{folder}/config.json is incomplete or invalid ({e}); rebuild it with "
-                           f"`make tiny-model`") from e
-    if layout.image_offset + layout.codebook_size > tconf.vocab_size or layout.codebook_size != vconf.codebook_size:
-        raise WeightsError(f"{folder}: the layout's image ids do not fit the vocabulary / the VQ codebook")
-    with_encoder = "encoder" in tensors["vq"]  # the encoder is optional at inference
-    check_shapes(folder, tensors, {"transformer": lambda: T.init_params(tconf, torch.Generator()),
-                                   "vq": lambda: V.init_params(vconf, torch.Generator(), encoder=with_encoder)})
+    parts = [transformer_part(), vq_part(V.VQConfig, V.init_params), Part("layout", Layout)]
+    _, configs, params = load_parts(folder, FAMILY, parts, device, dtype or torch.float32, check=_check)
+    layout = configs["layout"]
     tok_path = folder / "tokenizer.json"
     if not tok_path.is_file():
         raise WeightsError(f"weights folder {folder} is incomplete: missing tokenizer.json. Rebuild it with "
@@ -164,11 +162,7 @@ def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dt
         raise WeightsError(f"{tok_path} cannot be read ({e}); rebuild it with `make tiny-model`") from e
     if tokenizer.get_vocab_size() != layout.text_vocab:
         raise WeightsError(f"{tok_path} has {tokenizer.get_vocab_size()} tokens; config.json expects "
-                           f"{layout.text_vocab}")
-    dtype = dtype or torch.float32
-    return Tiny(
-        params=cast(tensors["transformer"], dtype), config=tconf, vq_params=cast(tensors["vq"], torch.float32),
-        vq_config=vconf, layout=layout, tokenizer=tokenizer, defaults={**DEFAULTS, **config.get("defaults", {})},
-        device=torch.device(device),
-    )
-
+                           f"{layout.text_vocab} (layout.text_vocab)")
+    return Tiny(params=params["transformer"], config=configs["transformer"], vq_params=params["vq"],
+                vq_config=configs["vq"], layout=layout, tokenizer=tokenizer, defaults=DEFAULTS,
+                device=torch.device(device))

@@ -1,0 +1,38 @@
+"""The decoding methods by name: what the command line, the API and the examples call a decoder.
+
+    "ar"       one model call per token (``ar.py``): the distribution every other method matches
+    "sjd"      SJD with independent draft refresh (``sjd.py``, the SJD paper)
+    "maximal"  SJD with the maximally coupled refresh (MC-SJD; SJD-PAC's adaptive continuation)
+    "gumbel"   SJD with the Gumbel-coupled refresh (noise kept per position)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .ar import ar_decode
+from .compile import compiled as compiled_runner
+from .decoding import Result, eager
+from .family import Job
+from .sjd import JacobiConfig, sjd_decode
+
+REFRESH_OF = {"sjd": "independent", "maximal": "maximal", "gumbel": "gumbel"}  # method -> JacobiConfig.refresh
+METHODS = ("ar", *REFRESH_OF)
+
+
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+
+
+def decode_job(job: Job, method: str, generator: torch.Generator, *, window: int = 16, init: str = "random",
+               progress=None, compiled: bool = False) -> Result:
+    """Run one method on a job: `window` and `init` configure the Jacobi window (ignored by "ar");
+    `compiled` runs each iteration through the compiled step (``compile.py``)."""
+    check_method(method)
+    run = compiled_runner(job.model, job.prefix) if compiled else eager
+    if method == "ar":
+        return ar_decode(job.model, job.prefix, job.n_tokens, job.sampler, job.constraint, generator, progress, run)
+    jacobi = JacobiConfig(window=window, refresh=REFRESH_OF[method], init=init, row_width=job.layout.row_width)
+    return sjd_decode(job.model, job.prefix, job.n_tokens, job.sampler, job.constraint, generator, jacobi, progress,
+                      run)
