@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .decoding import Constraint, ModelFn, Prefix, Result, Runner, cfg_rows, check_args, eager
-from .sampling import Sampler, exp_noise, probs, race
+from .sampling import Rng, Sampler, exp_noise, probs, race
 
 
 def ar_iteration(
@@ -33,7 +33,7 @@ def ar_decode(
     n_tokens: int,
     sampler: Sampler,
     constraint: Constraint,
-    generator: torch.Generator,
+    generator: Rng,
     progress=None,
     run: Runner = eager,
 ) -> Result:

@@ -14,6 +14,7 @@ from .ar import ar_decode
 from .compile import compiled as compiled_runner
 from .decoding import Result, eager
 from .family import Job
+from .sampling import Rng
 from .sjd import JacobiConfig, sjd_decode
 
 REFRESH_OF = {"sjd": "independent", "maximal": "maximal", "gumbel": "gumbel"}  # method -> JacobiConfig.refresh
@@ -25,7 +26,7 @@ def check_method(method: str) -> None:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
 
 
-def decode_job(job: Job, method: str, generator: torch.Generator, *, window: int = 16, init: str = "random",
+def decode_job(job: Job, method: str, generator: Rng, *, window: int = 16, init: str = "random",
                progress=None, compiled: bool = False) -> Result:
     """Run one method on a job: `window` and `init` configure the Jacobi window (ignored by "ar");
     `compiled` runs each iteration through the compiled step (``compile.py``)."""

@@ -16,11 +16,14 @@ Sampling never calls ``multinomial`` and never touches the global RNG: a
 sample is ``argmax(probs / E)`` with E ~ Exp(1) drawn from a
 ``torch.Generator`` (the exponential race, equivalent to the Gumbel-max
 trick), so noise can be drawn ahead of time and a seed fixes every token.
+A decoder takes one generator for the batch, or one per image row: then an
+image's tokens depend on its own seed, not on the images decoded beside it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -79,9 +82,27 @@ def probs(
     return z.softmax(-1)
 
 
-def exp_noise(shape, generator: torch.Generator, device=None) -> Tensor:
-    """Exp(1) noise for the exponential race (generator on the same device)."""
-    return torch.empty(shape, device=device).exponential_(generator=generator)
+Rng = torch.Generator | Sequence[torch.Generator]  # one generator, or one per row (see `exp_noise`)
+
+
+def _per_row(draw, shape, generator: Rng) -> Tensor:
+    """`draw(shape, generator)` for one generator; with one generator per row (dim 0), each row's values
+    come from its own generator alone, so a row's sample does not depend on the rows beside it."""
+    if isinstance(generator, torch.Generator):
+        return draw(shape, generator)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for {shape[0]} rows")
+    return torch.stack([draw(shape[1:], g) for g in generator])
+
+
+def exp_noise(shape, generator: Rng, device=None) -> Tensor:
+    """Exp(1) noise for the exponential race (generators on the same device)."""
+    return _per_row(lambda s, g: torch.empty(s, device=device).exponential_(generator=g), shape, generator)
+
+
+def uniform(shape, generator: Rng, device=None) -> Tensor:
+    """U[0, 1) noise (the acceptance tests)."""
+    return _per_row(lambda s, g: torch.rand(s, generator=g, device=device), shape, generator)
 
 
 def race(weights: Float[Tensor, "... v"], noise: Float[Tensor, "... v"]) -> Int[Tensor, "..."]:
@@ -89,6 +110,6 @@ def race(weights: Float[Tensor, "... v"], noise: Float[Tensor, "... v"]) -> Int[
     return (weights / noise).argmax(-1)
 
 
-def sample(p: Float[Tensor, "... v"], generator: torch.Generator) -> Int[Tensor, "..."]:
+def sample(p: Float[Tensor, "... v"], generator: Rng) -> Int[Tensor, "..."]:
     """One draw from each distribution in `p`."""
     return race(p, exp_noise(p.shape, generator, p.device))

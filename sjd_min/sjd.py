@@ -34,7 +34,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from .decoding import Constraint, ModelFn, Prefix, Result, Runner, cfg_rows, check_args, check_id_range, eager
-from .sampling import Sampler, exp_noise, probs, race
+from .sampling import Rng, Sampler, exp_noise, probs, race, uniform
 
 Refresh = Literal["independent", "maximal", "gumbel"]
 Init = Literal["random", "horizontal", "vertical"]
@@ -78,10 +78,10 @@ def init_state(first: Int[Tensor, " b"], n_tokens: int, window: int, vocab: int)
     )
 
 
-def draw_noise(generator: torch.Generator, b: int, window: int, vocab: int, device=None) -> dict[str, Tensor]:
+def draw_noise(generator: Rng, b: int, window: int, vocab: int, device=None) -> dict[str, Tensor]:
     """All randomness one iteration consumes, drawn ahead of the (compilable) step."""
     return dict(
-        u=torch.rand(b, window, generator=generator, device=device),  # acceptance tests
+        u=uniform((b, window), generator, device),  # acceptance tests
         resid=exp_noise((b, window, vocab), generator, device),  # residual samples
         refresh=exp_noise((b, window, vocab), generator, device),  # "independent" refresh
         init=exp_noise((b, window, vocab), generator, device),  # new slots: random drafts, "gumbel" noise
@@ -217,7 +217,7 @@ def sjd_decode(
     n_tokens: int,
     sampler: Sampler,
     constraint: Constraint,
-    generator: torch.Generator,
+    generator: Rng,
     jacobi: JacobiConfig = JacobiConfig(),
     progress=None,
     run: Runner = eager,

@@ -202,3 +202,28 @@ def test_errors_come_before_any_model_call():
     with pytest.raises(ValueError):
         sjd_decode(model, pre, 5, Sampler(), Constraint.free(5, 4), torch.Generator(), JacobiConfig(window=4))
     assert model.calls == 0
+
+
+@pytest.mark.parametrize("method", ["ar", *REFRESH_MODES])
+def test_one_generator_per_row_makes_each_row_independent_of_its_batch(method):
+    """With a generator per image row, a row's tokens are those it gets decoded alone with the same
+    generator: they do not depend on the rows beside it. A shared generator does not have this
+    property (the control): the same row in another batch gets other noise."""
+    model = ToyModel(6, seed=2)
+    s = Sampler(top_k=4, cfg_scale=2.0)
+
+    def run(prompts, generators):
+        pre = model.prefix(prompts + prompts, 3 + 16 + 8)  # CFG: unconditional copies follow
+        con = Constraint.free(16, 6)
+        if method == "ar":
+            return ar_decode(model, pre, 16, s, con, generators).tokens
+        return sjd_decode(model, pre, 16, s, con, generators, JacobiConfig(window=5, refresh=method)).tokens
+
+    gens = lambda *seeds: [torch.Generator().manual_seed(k) for k in seeds]
+    batch = run([[1, 2, 3], [3, 2, 1], [2, 2, 2]], gens(10, 11, 12))
+    alone = run([[3, 2, 1]], gens(11))
+    assert torch.equal(batch[1:2], alone)
+    shared = run([[1, 2, 3], [3, 2, 1]], torch.Generator().manual_seed(11))
+    assert not torch.equal(shared[1:2], run([[3, 2, 1]], torch.Generator().manual_seed(11)))
+    with pytest.raises(ValueError, match="2 generators for 3 rows"):
+        run([[1, 2, 3], [3, 2, 1], [2, 2, 2]], gens(1, 2))
