@@ -5,8 +5,8 @@
       -> z and q side by side (one batch) through the temporal stack:
            num_res_blocks x (BatchNorm3d -> swish -> causal Conv3d (3, 3, 3)) x 2 + residual,
            log2(tdf) x (nearest x2 in time -> causal Conv3d (3, 3, 3) -> swish)
-      -> every frame through the taming-style 2D decoder of ``vqgan.py`` (``decoder_trunk``)
-         with each GroupNorm replaced by a SpatialNorm conditioned on q:
+      -> every frame through the MoVQ 2D decoder of ``movqgan.py``: the taming decoder trunk of
+         ``vqgan.py`` with each GroupNorm replaced by a SpatialNorm conditioned on q:
            GroupNorm(x) * conv_y(q_up) + conv_b(q_up),  q_up = nearest-resize(q, x's size)
       -> frames [b, t * tdf, 3, f*h, f*w] in about [-1, 1]
 
@@ -35,7 +35,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from . import vqgan
-from .vqgan import Params, VQConfig, conv, group_norm, swish
+from .movqgan import spatial_norm, spatial_params
+from .vqgan import Params, VQConfig, swish
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,16 +86,6 @@ def temporal_res_block(p: Params, x: Float[Tensor, "b c t h w"], c: Emu3VQConfig
 def temporal_upsample(p: Params, x: Float[Tensor, "b c t h w"]) -> Float[Tensor, "b c t2 h w"]:
     """Nearest x2 in time (each frame twice), then a causal conv."""
     return causal_conv3d(p, x.repeat_interleave(2, dim=2))
-
-
-def spatial_norm(c: Emu3VQConfig, zq: Float[Tensor, "n e h w"]) -> vqgan.Norm:
-    """SpatialNorm conditioned on `zq`: the norm callable for ``vqgan.decoder_trunk``."""
-
-    def norm(p: Params, x: Tensor) -> Tensor:
-        z = F.interpolate(zq, size=x.shape[-2:], mode="nearest")
-        return group_norm(p["norm"], x, c) * conv(p["conv_y"], z) + conv(p["conv_b"], z)
-
-    return norm
 
 
 # ----------------------------------------------------------------------------- decoder
@@ -170,26 +161,11 @@ def init_params(config: Emu3VQConfig, generator: torch.Generator, encoder: bool 
                      norm2=bn(c.z_channels), conv2=conv3d(c.z_channels, c.z_channels, (3, 3, 3)))
                 for _ in range(c.num_res_blocks)]
 
-    def spatial(tree):  # every decoder norm becomes a SpatialNorm on the codebook vectors
-        if not isinstance(tree, dict):
-            return [spatial(t) for t in tree] if isinstance(tree, list) else tree
-        out = {}
-        for k, v in tree.items():
-            if k in ("norm", "norm1", "norm2", "norm_out"):
-                ch = v["w"].shape[0]
-                out[k] = dict(norm=v, conv_y=vqgan_conv(e, ch), conv_b=vqgan_conv(e, ch))
-            else:
-                out[k] = spatial(v)
-        return out
-
-    def vqgan_conv(cin: int, cout: int) -> dict:
-        return dict(w=torch.randn(cout, cin, 1, 1, generator=generator) / math.sqrt(cin), b=torch.zeros(cout))
-
     params: Params = dict(
         codebook=base["codebook"],
         post_quant_conv=conv3d(e, c.z_channels, (3, 1, 1)),
         decoder=dict(
-            spatial(base["decoder"]),
+            spatial_params(base["decoder"], e, generator),
             time_res=time_res(),
             time_up=[conv3d(c.z_channels, c.z_channels, (3, 3, 3)) for _ in range(c.temporal_blocks)],
         ),
