@@ -53,21 +53,22 @@ offset + k.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import dataclasses
-import json
 import math
 import re
 import sys
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from torch import Tensor
 
+if __package__ in (None, ""):  # run as `python convert/emu3.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from convert.layouts import TAMING_VQ, VQ_PREFIX, convert_llama, llama_config, taming_key
+from convert.toolkit import DTYPES, command, convert_state, hf_state, layout, run, upstream_key
 from sjd_min import transformer as T
-from sjd_min.checkpoint import WeightsError, flatten, read_json, unflatten, write_folder
+from sjd_min.checkpoint import WeightsError, flatten, read_json
 from sjd_min.vq import emu3 as V
 
 SPLIT_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
@@ -76,100 +77,23 @@ SPECIAL_HEAD = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [f"<|extra_{i}|
 NAMES = dict(bos="<|extra_203|>", eos="<|extra_204|>", pad="<|endoftext|>", eol="<|extra_200|>", eof="<|extra_201|>",
              img="<|image token|>", boi="<|image start|>", eoi="<|image end|>")
 VISUAL = "<|visual token {:06d}|>"
-
-
-# ----------------------------------------------------------------------------- reading safetensors
-
-
-def _safetensors_files(folder: Path) -> list[Path]:
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise WeightsError(f"{index} is not a safetensors index ({e})") from e
-        files = sorted({folder / f for f in weight_map.values()})
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise WeightsError(f"{index} lists shards that are not in {folder}: {', '.join(missing)} "
-                               f"(an incomplete download?)")
-        return files
-    if (folder / "model.safetensors").is_file():
-        return [folder / "model.safetensors"]
-    files = sorted(folder.glob("model*.safetensors"))
-    if not files:
-        raise WeightsError(f"no model.safetensors (or model.safetensors.index.json and its shards) in {folder}")
-    return files
-
-
-def read_state(folder: Path, keep=lambda key: True, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
-    """All tensors of a (sharded) safetensors checkpoint whose key passes `keep`; floating-point
-    tensors cast to `dtype` one at a time (so a fp32 release never sits in memory twice)."""
-    state: dict[str, Tensor] = {}
-    for path in _safetensors_files(folder):
-        try:
-            with safe_open(str(path), "pt") as f:
-                for key in f.keys():
-                    if keep(key):
-                        t = f.get_tensor(key)
-                        state[key] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
-        except WeightsError:
-            raise
-        except Exception as e:  # safetensors' own error types: a truncated or corrupt file
-            raise WeightsError(f"{path} cannot be read ({type(e).__name__}: {e}); if the download was "
-                               f"interrupted, fetch it again") from e
-    return state
-
-
-def rename(state: dict[str, Tensor], rules: list, ignore: str | None = None) -> dict[str, Tensor]:
-    """Apply regex substitutions (in order, each to the whole key) to every key; drop `ignore` matches."""
-    out = {}
-    for key, value in state.items():
-        if ignore and re.search(ignore, key):
-            continue
-        new = key
-        for pattern, repl in rules:
-            new = re.sub(pattern, repl, new)
-        out[new] = value
-    return out
-
-
-def check_keys(got: dict[str, Tensor], expected: dict[str, Tensor], what: str, source: str) -> None:
-    """One error listing every missing, unexpected and wrongly shaped tensor."""
-    missing = [k for k in expected if k not in got]
-    unexpected = [k for k in got if k not in expected]
-    shapes = [f"{k}: {tuple(got[k].shape)}, expected {tuple(expected[k].shape)}"
-              for k in expected if k in got and got[k].shape != expected[k].shape]
-    if missing or unexpected or shapes:
-        lines = [f"{len(missing)} missing: " + ", ".join(missing[:12]) + (" ..." if len(missing) > 12 else "")] if missing else []
-        lines += [f"{len(unexpected)} unexpected: " + ", ".join(unexpected[:12]) + (" ..." if len(unexpected) > 12 else "")] if unexpected else []
-        lines += [f"{len(shapes)} of the wrong shape: " + "; ".join(shapes[:12])] if shapes else []
-        raise WeightsError(f"{source} does not hold the {what} its config describes (names in sjd_min's layout):\n  "
-                           + "\n  ".join(lines) + "\nIs it the right folder, and is it complete?")
-
-
-def expected_tree(init, *args) -> dict[str, Tensor]:
-    """Flat {key: tensor} of the layout an init function makes, as fake tensors (shapes, no memory)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    with FakeTensorMode():
-        return flatten(init(*args, torch.Generator()))
+EMU3_VQ = {  # taming's names, plus causal-conv wrappers, temporal layers and SpatialNorm
+    **TAMING_VQ,
+    "quant_conv.conv": "quant_conv", "post_quant_conv.conv": "post_quant_conv",
+    "encoder.time_conv.{}.conv.conv": "encoder.time_down.{}", "decoder.time_conv.{}.conv.conv": "decoder.time_up.{}",
+    "time_res_stack.{}.conv1.conv": "time_res.{}.conv1", "time_res_stack.{}.conv2.conv": "time_res.{}.conv2",
+    "time_res_stack": "time_res",
+    "norm1.norm_layer": "norm1.norm", "norm2.norm_layer": "norm2.norm", "norm.norm_layer": "norm.norm",
+    "norm_out.norm_layer": "norm_out.norm", "running_mean": "mean", "running_var": "var",
+}
+HF_EMU3_VQ = {  # transformers' Emu3VQVAE names -> the original release's (applied after EMU3_VQ)
+    "encoder.down_block.down": "encoder.down", "decoder.up_block.up": "decoder.up",
+    "middle_block.attn_norm": "mid.attn_1.norm", "middle_block": "mid", "attn_norms.{}": "attn.{}.norm",
+    "q_proj": "q", "k_proj": "k", "v_proj": "v", "out_proj": "proj_out",
+}
 
 
 # ----------------------------------------------------------------------------- the LLM
-
-LLM_RULES = [
-    (r"^model\.embed_tokens\.weight$", "embed"),
-    (r"^model\.norm\.weight$", "norm"),
-    (r"^lm_head\.weight$", "head"),
-    (r"^model\.layers\.(\d+)\.self_attn\.([qkvo])_proj\.weight$", r"layers.\1.attn.w\2"),
-    (r"^model\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.weight$", r"layers.\1.mlp.w_\2"),
-    (r"^model\.layers\.(\d+)\.input_layernorm\.weight$", r"layers.\1.attn_norm"),
-    (r"^model\.layers\.(\d+)\.post_attention_layernorm\.weight$", r"layers.\1.mlp_norm"),
-]
-HF_LLM_PREFIXES = [(r"^text_model\.model\.", "model."), (r"^text_model\.lm_head\.", "lm_head."),
-                   (r"^model\.text_model\.", "model.")]
-VQ_PREFIX = r"^(model\.)?vqmodel\."
 
 
 def _layout(config: dict) -> str:
@@ -181,81 +105,26 @@ def _layout(config: dict) -> str:
                        f"'Emu3' from BAAI/Emu3-Gen or 'emu3' from a *-hf repository)")
 
 
-def llm_config(config: dict) -> tuple[T.Config, dict]:
-    """Our transformer Config and the text config's ids / limits from either layout's config.json."""
-    text = config.get("text_config", config) if _layout(config) == "hf" else config
-    rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
-    if rope.get("rope_type", rope.get("type", "default")) != "default":
-        raise WeightsError(f"RoPE scaling {rope} is not supported (Emu3-Gen uses plain RoPE)")
-    theta = rope.get("rope_theta", text.get("rope_theta", 1e6))
-    if text.get("hidden_act", "silu") != "silu" or text.get("attention_bias") or text.get("mlp_bias"):
-        raise WeightsError("only the SwiGLU, bias-free Llama blocks of Emu3 are supported")
-    try:
-        cfg = T.Config(
-            vocab_size=text["vocab_size"], dim=text["hidden_size"], n_layers=text["num_hidden_layers"],
-            n_heads=text["num_attention_heads"], n_kv_heads=text.get("num_key_value_heads") or text["num_attention_heads"],
-            ffn_dim=text["intermediate_size"], norm_eps=text.get("rms_norm_eps", 1e-5), rope_theta=float(theta),
-        )
-    except KeyError as e:
-        raise WeightsError(f"config.json lacks the field {e}") from e
-    except ValueError as e:
-        raise WeightsError(f"config.json describes an impossible model: {e}") from e
-    if text.get("head_dim") not in (None, cfg.head_dim):
-        raise WeightsError(f"head_dim {text['head_dim']} != hidden_size / heads = {cfg.head_dim} is not supported")
+def convert_llm(folder: str | Path, dtype: torch.dtype | None = None) -> tuple[T.Config, dict, dict]:
+    """(Config, params, info: special ids, limits, layout) from an Emu3 LLM folder in either layout;
+    `dtype` None keeps the source's."""
+    folder = Path(folder)
+    config = read_json(folder / "config.json")
+    layout_name = _layout(config)
+    text = config.get("text_config", config) if layout_name == "hf" else config
+    cfg = llama_config(text, 1e6)
     vmap = config.get("vocabulary_map") or {}  # *-hf: the tokenizer's vocabulary, special tokens included
     ids = {k: text.get(f"{k}_token_id", config.get(f"{k}_token_id", vmap.get(name))) for k, name in NAMES.items()}
     ids["visual_offset"] = vmap.get(VISUAL.format(0))
-    info = dict(
-        ids=ids,
-        image_area=config.get("image_area", text.get("image_area", 720 * 720)),
-        max_positions=text.get("max_position_embeddings", 9216),
-        tied=bool(text.get("tie_word_embeddings", config.get("tie_word_embeddings", False))),
-    )
-    return cfg, info
-
-
-def convert_llm(folder: str | Path, dtype: torch.dtype | None = None) -> tuple[T.Config, dict, dict]:
-    """(Config, params, info) from an Emu3 LLM folder in either layout; `dtype` None keeps the source's."""
-    folder = Path(folder)
-    config = read_json(folder / "config.json")
-    cfg, info = llm_config(config)
-    state = read_state(folder, keep=lambda k: not re.match(VQ_PREFIX, k), dtype=dtype)
-    state = rename(state, HF_LLM_PREFIXES + LLM_RULES, ignore=r"rotary_emb\.inv_freq$")
-    if info["tied"] and "head" not in state and "embed" in state:
-        state["head"] = state["embed"]
-    check_keys(state, expected_tree(T.init_params, cfg), "Emu3 transformer", str(folder))
-    info["layout"] = _layout(config)
-    return cfg, unflatten(state), info
+    info = dict(ids=ids, layout=layout_name, image_area=config.get("image_area", text.get("image_area", 720 * 720)),
+                max_positions=text.get("max_position_embeddings", 9216))
+    state = hf_state(folder, keep=lambda k: not VQ_PREFIX.match(k), dtype=dtype)
+    state = {re.sub(r"^(model\.)?text_model\.", lambda m: m[1] or "", k): v for k, v in state.items()}  # *-hf
+    tied = bool(text.get("tie_word_embeddings", config.get("tie_word_embeddings", False)))
+    return cfg, convert_llama(state, cfg, tied, str(folder)), info
 
 
 # ----------------------------------------------------------------------------- the vision tokenizer
-
-HF_VQ_NAMES = [  # transformers' Emu3VQVAE names -> the original ones
-    (r"\.down_block\.down\.", ".down."), (r"\.up_block\.up\.", ".up."), (r"\.middle_block\.", ".mid."),
-    (r"\.mid\.attn_norm\.", ".mid.attn_1.norm."), (r"\.attn_norms\.(\d+)\.", r".attn.\1.norm."),
-    (r"\.([qkv])_proj\.", r".\1."), (r"\.out_proj\.", ".proj_out."),
-]
-
-
-def vq_rules(levels: int) -> list:
-    up = lambda m: f"decoder.levels.{levels - 1 - int(m[1])}."  # noqa: E731  (upstream: up[i] is level i)
-    return [
-        (r"^quantize\.embedding\.weight$", "codebook"),
-        (r"^(post_)?quant_conv\.conv\.", r"\1quant_conv."),
-        (r"^encoder\.down\.(\d+)\.block\.", r"encoder.levels.\1.res."),
-        (r"^encoder\.down\.(\d+)\.attn\.", r"encoder.levels.\1.attn."),
-        (r"^encoder\.down\.(\d+)\.downsample\.conv\.", r"encoder.levels.\1.down."),
-        (r"^decoder\.up\.(\d+)\.", up),
-        (r"^(decoder\.levels\.\d+)\.block\.", r"\1.res."),
-        (r"^(decoder\.levels\.\d+)\.upsample\.conv\.", r"\1.up."),
-        (r"\.mid\.block_1\.", ".mid.res1."), (r"\.mid\.block_2\.", ".mid.res2."), (r"\.mid\.attn_1\.", ".mid.attn."),
-        (r"^encoder\.time_conv\.(\d+)\.conv\.conv\.", r"encoder.time_down.\1."),
-        (r"^decoder\.time_conv\.(\d+)\.conv\.conv\.", r"decoder.time_up.\1."),
-        (r"\.time_res_stack\.(\d+)\.(conv[12])\.conv\.", r".time_res.\1.\2."),
-        (r"\.time_res_stack\.", ".time_res."),
-        (r"\.nin_shortcut\.", ".shortcut."), (r"\.norm_layer\.", ".norm."),
-        (r"\.running_mean$", ".mean"), (r"\.running_var$", ".var"), (r"\.weight$", ".w"), (r"\.bias$", ".b"),
-    ]
 
 
 def vq_config(config: dict, hf: bool) -> V.Emu3VQConfig:
@@ -284,30 +153,29 @@ def vq_config(config: dict, hf: bool) -> V.Emu3VQConfig:
 
 
 def convert_vq(folder: str | Path) -> tuple[V.Emu3VQConfig, dict]:
-    """(Emu3VQConfig, params) from BAAI/Emu3-VisionTokenizer or from a *-hf repo's vqmodel weights."""
+    """(Emu3VQConfig, params) from BAAI/Emu3-VisionTokenizer or from a *-hf repo's vqmodel weights
+    (float32; BatchNorm running statistics kept, ``num_batches_tracked`` dropped)."""
     folder = Path(folder)
     config = read_json(folder / "config.json")
-    if config.get("model_type") == "Emu3VisionVQ":
-        cfg, state = vq_config(config, hf=False), read_state(folder)
-    elif "vq_config" in config:
-        cfg = vq_config(config["vq_config"], hf=True)
-        state = read_state(folder, keep=lambda k: bool(re.match(VQ_PREFIX, k)))
-        state = {re.sub(VQ_PREFIX, "", k): v for k, v in state.items()}
-        state = rename(state, HF_VQ_NAMES)
-        state = {k: v[..., None, None] if re.search(r"\.(q|k|v|proj_out)\.weight$", k) and v.ndim == 2 else v
-                 for k, v in state.items()}  # Linear -> 1x1 conv
-    elif config.get("model_type") == "emu3_vqgan":
-        cfg, state = vq_config(config, hf=True), read_state(folder)
-        state = rename(state, HF_VQ_NAMES)
-        state = {k: v[..., None, None] if re.search(r"\.(q|k|v|proj_out)\.weight$", k) and v.ndim == 2 else v
-                 for k, v in state.items()}
+    hf = config.get("model_type") != "Emu3VisionVQ"
+    if not hf:
+        cfg, state = vq_config(config, hf=False), hf_state(folder, dtype=torch.float32)
+    elif "vq_config" in config or config.get("model_type") == "emu3_vqgan":
+        cfg = vq_config(config.get("vq_config", config), hf=True)
+        state = hf_state(folder, keep=lambda k: "vq_config" not in config or bool(VQ_PREFIX.match(k)),
+                         dtype=torch.float32)
+        state = {VQ_PREFIX.sub("", k): v[..., None, None] if re.search(r"\.(q|k|v|out)_proj\.weight$", k) and v.ndim == 2
+                 else v for k, v in state.items()}  # transformers' attention: Linear where the original has 1x1 convs
     else:
         raise WeightsError(f"{folder}/config.json is not an Emu3 vision tokenizer (model_type "
                            f"{config.get('model_type')!r}; expected 'Emu3VisionVQ' or a *-hf repo with vq_config)")
-    state = rename(state, vq_rules(len(cfg.ch_mult)), ignore=r"num_batches_tracked$")
-    state = {k: v.float() for k, v in state.items()}
-    check_keys(state, expected_tree(V.init_params, cfg), "Emu3 vision tokenizer", str(folder))
-    return cfg, unflatten(state)
+
+    def upstream_of(ours: str) -> str:
+        original = taming_key(ours, len(cfg.ch_mult), EMU3_VQ)
+        return upstream_key(original, HF_EMU3_VQ) if hf else original
+
+    return cfg, convert_state(state, layout(V.init_params, cfg), upstream_of, f"{folder} does not match its "
+                              f"vision tokenizer config", ignore=r".*num_batches_tracked")
 
 
 # ----------------------------------------------------------------------------- the text tokenizer
@@ -447,67 +315,46 @@ def special_ids(tok, config_ids: dict, codebook_size: int, vocab_size: int) -> d
 
 # ----------------------------------------------------------------------------- the command
 
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "keep": None}
 
 
 def _jsonable(cfg) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
 
 
-def convert(model: Path, vq: Path | None, tokenizer: Path | None, out: Path, dtype: str = "bfloat16",
-            force: bool = False) -> Path:
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} exists; pass --force to replace it")
+def build(model: Path, vq: Path | None, tokenizer: Path | None, dtype: torch.dtype | None):
+    """(config.json, tensors, extra files, summary lines) for the parsed arguments; writes nothing."""
     for p in (model, vq, tokenizer):
         if p is not None and not p.is_dir():
             raise WeightsError(f"{p} is not a folder")
-    cfg, params, info = convert_llm(model, DTYPES[dtype])
-    vq_folder = vq or model
-    if vq is None and info["layout"] != "hf":
+    model_config = read_json(model / "config.json")
+    if vq is None and _layout(model_config) != "hf":
         raise WeightsError(f"{model} has no vision tokenizer: pass --vq PATH/Emu3-VisionTokenizer")
-    vq_cfg, vq_params = convert_vq(vq_folder)
-    tok, tok_source = load_tokenizer(tokenizer or model, read_json(model / "config.json"))
+    cfg, params, info = convert_llm(model, dtype)
+    vq_cfg, vq_params = convert_vq(vq or model)
+    tok, tok_source = load_tokenizer(tokenizer or model, model_config)
     ids = special_ids(tok, info["ids"], vq_cfg.codebook_size, cfg.vocab_size)
-    config = dict(
-        family="emu3",
-        transformer=_jsonable(cfg),
-        vq=_jsonable(vq_cfg),
-        ids=ids,
-        image_area=int(info["image_area"]),
-        max_positions=int(info["max_positions"]),
-        source=dict(layout=info["layout"], tokenizer=tok_source),
-    )
-    written = write_folder(out, config, {"transformer": params, "vq": vq_params},
-                           {"tokenizer.json": tok.to_str().encode("utf-8")}, overwrite=force)
+    config = dict(family="emu3", transformer=_jsonable(cfg), vq=_jsonable(vq_cfg), ids=ids,
+                  image_area=int(info["image_area"]), max_positions=int(info["max_positions"]),
+                  source=dict(layout=info["layout"], tokenizer=tok_source))
     n_llm, n_vq = (sum(t.numel() for t in flatten(tree).values()) for tree in (params, vq_params))
     side = round(math.sqrt(info["image_area"]))
-    print(f"wrote {written}/")
-    for f in sorted(written.iterdir()):
-        print(f"  {f.name:26s} {f.stat().st_size / 2**20:10.1f} MiB")
-    print(f"  transformer: {n_llm / 1e6:.1f}M parameters ({info['layout']} layout, {dtype}), {cfg.n_layers} layers, "
-          f"dim {cfg.dim}, {cfg.n_heads} heads / {cfg.kv_heads} kv, vocab {cfg.vocab_size}, rope theta {cfg.rope_theta:g}")
-    print(f"  vision tokenizer: {n_vq / 1e6:.1f}M parameters, codebook {vq_cfg.codebook_size} x {vq_cfg.embed_dim}, "
-          f"{vq_cfg.factor}x spatial, {vq_cfg.temporal_factor}x temporal")
-    print(f"  tokenizer from {tok_source}; ids {ids}; default image {side}x{side}")
-    return written
+    lines = [f"transformer: {n_llm / 1e6:.1f}M parameters ({info['layout']} layout, "
+             f"{next(iter(flatten(params).values())).dtype}), {cfg.n_layers} layers, dim {cfg.dim}, {cfg.n_heads} "
+             f"heads / {cfg.kv_heads} kv, vocab {cfg.vocab_size}, rope theta {cfg.rope_theta:g}",
+             f"vision tokenizer: {n_vq / 1e6:.1f}M parameters, codebook {vq_cfg.codebook_size} x {vq_cfg.embed_dim}, "
+             f"{vq_cfg.factor}x spatial, {vq_cfg.temporal_factor}x temporal",
+             f"tokenizer from {tok_source}; ids {ids}; default image {side}x{side}"]
+    return config, {"transformer": params, "vq": vq_params}, {"tokenizer.json": tok.to_str().encode("utf-8")}, lines
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m convert.emu3", description=__doc__.split("\n\n")[0])
+    ap = command("python -m convert.emu3", __doc__.split("\n\n")[0], dtype="bfloat16")
     ap.add_argument("--model", required=True, help="BAAI/Emu3-Gen folder (original or *-hf layout)")
     ap.add_argument("--vq", default=None, help="BAAI/Emu3-VisionTokenizer folder (not needed for *-hf)")
     ap.add_argument("--tokenizer", default=None, help="folder with the tokenizer files (default: --model)")
-    ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--dtype", choices=list(DTYPES), default="bfloat16", help="transformer weights dtype")
-    ap.add_argument("--force", action="store_true", help="replace an existing output folder")
     args = ap.parse_args(argv)
-    try:
-        convert(Path(args.model), Path(args.vq) if args.vq else None, Path(args.tokenizer) if args.tokenizer else None,
-                Path(args.out), args.dtype, args.force)
-    except (WeightsError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    model, vq, tok = (Path(p) if p else None for p in (args.model, args.vq, args.tokenizer))
+    return run(args, [model, vq, tok], lambda: build(model, vq, tok, DTYPES[args.dtype]))
 
 
 if __name__ == "__main__":

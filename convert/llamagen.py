@@ -23,107 +23,69 @@ Output: ``config.json`` (``"family": "llamagen"``, ``"task"``, ``"transformer"``
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import re
 import sys
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 if __package__ in (None, ""):  # run as `python convert/llamagen.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from convert.toolkit import (DTYPES, command, convert_state, layout, read_json_arg, refuse_contradictions, run,
+                             torch_state, upstream_key)
 from sjd_min import transformer as T
-from sjd_min.checkpoint import WeightsError, flatten, from_hub, load_torch_file, unflatten, write_folder
+from sjd_min.checkpoint import WeightsError, cast, flatten, from_hub
 from sjd_min.vq import vqgan
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 T5_MAX_LENGTH = 120  # LlamaGen's caption length (CaptionEmbedder token_num, t5_feature_max_len)
 T5_TOKENIZER = "t5_tokenizer.json"
 HUB_REPOS = [  # release file name pattern -> Hugging Face repo
     (re.compile(r"c2i_\w+\.pt|vq_ds(8|16)_c2i\.pt"), "FoundationVision/LlamaGen"),
     (re.compile(r"t2i_\w+\.pt|vq_ds16_t2i\.pt"), "peizesun/llamagen_t2i"),
 ]
-IGNORED_GPT = re.compile(r"freqs_cis|layers\.\d+\.attention\.kv_cache\.[kv]_cache")  # derived buffers
-IGNORED_VQ = re.compile(r"quantize\.codebook_used")  # training-time usage ring buffer
-
-
-# ----------------------------------------------------------------------------- reading files
+GPT = {
+    "tok_embeddings.weight": "embed",
+    "norm.weight": "norm",
+    "output.weight": "head",
+    "cls_embedding.embedding_table.weight": "cond.table",  # c2i: one row per class, then the null class
+    "cls_embedding.cap_proj.fc1.weight": "cond.fc1",  # t2i: the caption projection and null caption
+    "cls_embedding.cap_proj.fc2.weight": "cond.fc2",
+    "cls_embedding.uncond_embedding": "cond.null",
+    "layers.{}.attention.wqkv.weight": ("layers.{}.attn.wq", "layers.{}.attn.wk", "layers.{}.attn.wv"),
+    "layers.{}.attention.wo.weight": "layers.{}.attn.wo",
+    "layers.{}.feed_forward.w1.weight": "layers.{}.mlp.w_gate",
+    "layers.{}.feed_forward.w3.weight": "layers.{}.mlp.w_up",
+    "layers.{}.feed_forward.w2.weight": "layers.{}.mlp.w_down",
+    "layers.{}.attention_norm.weight": "layers.{}.attn_norm",
+    "layers.{}.ffn_norm.weight": "layers.{}.mlp_norm",
+}
+GPT_IGNORED = r"freqs_cis|layers\.\d+\.attention\.kv_cache\.[kv]_cache"  # derived buffers
+VQ = {  # decoder levels keep upstream's order (lowest resolution first)
+    "quantize.embedding.weight": "codebook",
+    "conv_blocks": "levels", "upsample.conv": "up", "downsample.conv": "down", "nin_shortcut": "shortcut",
+    "mid.0": "mid.res1", "mid.1": "mid.attn", "mid.2": "mid.res2", "weight": "w", "bias": "b",
+}
+VQ_IGNORED = r"quantize\.codebook_used"  # training-time usage ring buffer
 
 
 def resolve_file(name: str) -> Path:
-    """A local path, or a release file name fetched from the hub where huggingface_hub is installed."""
+    """A local path, or a release file name from the Hugging Face hub where huggingface_hub is installed."""
     path = Path(name)
     if path.is_file():
         return path
     repo = next((r for pat, r in HUB_REPOS if pat.fullmatch(path.name) and str(path) == path.name), None)
     if repo is None:
         raise FileNotFoundError(f"{name} does not exist")
-    return from_hub(name, repo, f"huggingface-cli download {repo} {name} --local-dir .",
-                    lambda hub: hub.hf_hub_download(repo, name))
-
-
-def state_dict_of(path: Path) -> dict[str, Tensor]:
-    """The state dict inside a released checkpoint, whichever wrapper it uses."""
-    obj = load_torch_file(path)
-    if not isinstance(obj, dict):
-        raise WeightsError(f"{path} holds a {type(obj).__name__}, not a state dict")
-    for wrapper in ("model", "module", "state_dict"):
-        if isinstance(obj.get(wrapper), dict):
-            obj = obj[wrapper]
-            break
-    tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
-    if not tensors:
-        raise WeightsError(f"{path} holds no tensors (top-level keys: {', '.join(map(str, list(obj)[:8]))})")
-    return {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in tensors.items()}
+    return from_hub(repo, name)
 
 
 def _indices(sd: dict, pattern: str) -> list[int]:
     return sorted({int(m.group(1)) for k in sd if (m := re.match(pattern, k))})
 
 
-def check_and_map(sd: dict[str, Tensor], expected: dict[str, Tensor], upstream_of, ignored: re.Pattern,
-                  what: str) -> dict[str, Tensor]:
-    """Our flat tensors from an upstream state dict. `upstream_of(our key)` -> (upstream key, part);
-    keys sharing an upstream tensor are its row blocks in order (the fused wqkv). All problems in one error."""
-    groups: dict[str, list[tuple[str, Tensor]]] = {}
-    for ours, like in expected.items():
-        groups.setdefault(upstream_of(ours), []).append((ours, like))
-    problems, flat = [], {}
-    for key, parts in groups.items():
-        if key not in sd:
-            problems.append(f"missing {key}")
-            continue
-        want = (sum(like.shape[0] for _, like in parts), *parts[0][1].shape[1:])
-        if tuple(sd[key].shape) != want:
-            problems.append(f"{key}: shape {tuple(sd[key].shape)}, expected {want}")
-            continue
-        rows = sd[key].split([like.shape[0] for _, like in parts]) if len(parts) > 1 else [sd[key]]
-        flat.update({ours: r.contiguous() for (ours, _), r in zip(parts, rows)})
-    problems += [f"unexpected {k}" for k in sd if k not in groups and not ignored.fullmatch(k)]
-    if problems:
-        raise WeightsError(f"{what} ({len(problems)} problems, nothing written):\n  " + "\n  ".join(problems))
-    return flat
-
-
 # ----------------------------------------------------------------------------- the GPT
-
-
-def gpt_key(ours: str) -> str:
-    """Upstream key of one of our flattened transformer keys (wq, wk, wv all map to the fused wqkv)."""
-    top = {"embed": "tok_embeddings.weight", "norm": "norm.weight", "head": "output.weight",
-           "cond.table": "cls_embedding.embedding_table.weight", "cond.fc1": "cls_embedding.cap_proj.fc1.weight",
-           "cond.fc2": "cls_embedding.cap_proj.fc2.weight", "cond.null": "cls_embedding.uncond_embedding"}
-    if ours in top:
-        return top[ours]
-    i, rest = re.fullmatch(r"layers\.(\d+)\.(.+)", ours).groups()
-    sub = {"attn.wq": "attention.wqkv", "attn.wk": "attention.wqkv", "attn.wv": "attention.wqkv",
-           "attn.wo": "attention.wo", "mlp.w_gate": "feed_forward.w1", "mlp.w_up": "feed_forward.w3",
-           "mlp.w_down": "feed_forward.w2", "attn_norm": "attention_norm", "mlp_norm": "ffn_norm"}
-    return f"layers.{i}.{sub[rest]}.weight"
 
 
 def _grid_of(block_size: int, source: str) -> int:
@@ -135,7 +97,8 @@ def _grid_of(block_size: int, source: str) -> int:
 
 def infer_gpt(sd: dict[str, Tensor], name: str, upstream: dict | None = None, image_size: int | None = None,
               vq_factor: int | None = None) -> tuple[T.Config, str, str | None, str]:
-    """(Config, task "c2i"/"t2i", preset name or None, where the grid came from)."""
+    """(Config, task "c2i"/"t2i", preset name or None, where the grid came from). Whatever the tensors
+    show wins; an upstream config (--gpt-config) that contradicts them is refused."""
     up = upstream or {}
     if "tok_embeddings.weight" not in sd:
         hint = " It looks like a VQ tokenizer: pass it as --vq." if "quantize.embedding.weight" in sd else ""
@@ -144,28 +107,26 @@ def infer_gpt(sd: dict[str, Tensor], name: str, upstream: dict | None = None, im
     vocab, dim = sd["tok_embeddings.weight"].shape
     layers = _indices(sd, r"layers\.(\d+)\.")
     n_layers = (layers[-1] + 1) if layers else up.get("n_layer", 0)
-    if "cls_embedding.embedding_table.weight" in sd:
-        task = "c2i"
-    elif any(k.startswith("cls_embedding.cap_proj.") or k == "cls_embedding.uncond_embedding" for k in sd):
-        task = "t2i"
+    table, fc1, null = (sd.get(f"cls_embedding.{k}") for k in ("embedding_table.weight", "cap_proj.fc1.weight",
+                                                                 "uncond_embedding"))
+    if table is not None:
+        task, cond_len = "c2i", 1  # a class embedding gives one condition token
+    elif fc1 is not None or null is not None:
+        task, cond_len = "t2i", null.shape[0] if null is not None else up.get("cls_token_num") or T5_MAX_LENGTH
     else:
         raise WeightsError(f"{name} has neither a class embedding (cls_embedding.embedding_table) nor a caption "
                            f"projection (cls_embedding.cap_proj): not a LlamaGen c2i / t2i GPT")
-    if task == "t2i":
-        null = sd.get("cls_embedding.uncond_embedding")
-        cond_len = null.shape[0] if null is not None else up.get("cls_token_num", T5_MAX_LENGTH)
-        if up.get("cls_token_num", cond_len) != cond_len:
-            raise WeightsError(f"--gpt-config says cls_token_num {up['cls_token_num']}, but the null caption of "
-                               f"{name} has {cond_len} rows (LlamaGen t2i always uses {T5_MAX_LENGTH})")
-    else:
-        cond_len = up.get("cls_token_num", 1)
-    freqs = sd.get("freqs_cis")
+    found = dict(model_type=task, dim=dim, vocab_size=vocab, cls_token_num=cond_len)
+    found.update({"n_layer": n_layers} if layers else {})
+    found.update({"num_classes": table.shape[0] - 1} if table is not None else {})
+    found.update({"caption_dim": fc1.shape[1]} if fc1 is not None else {})
+    freqs = sd.get("freqs_cis")  # (cond_len + grid^2, head_dim / 2, 2) where a file carries it
+    if freqs is not None:
+        found.update(n_head=dim // (2 * freqs.shape[1]), block_size=freqs.shape[0] - cond_len)
+    refuse_contradictions("--gpt-config", up, found, name)
     presets = {k: v for k, v in T.PRESETS.items() if k.startswith("llamagen-")}
-    if "n_head" in up:
-        n_heads = up["n_head"]
-    elif freqs is not None:
-        n_heads = dim // (2 * freqs.shape[1])
-    else:
+    n_heads = up.get("n_head") or found.get("n_head")
+    if n_heads is None:
         match = [v["n_heads"] for v in presets.values() if (v["dim"], v["n_layers"]) == (dim, n_layers)]
         if not match:
             raise WeightsError(f"{name}: a {n_layers}-layer GPT of width {dim} matches no LlamaGen preset "
@@ -175,19 +136,20 @@ def infer_gpt(sd: dict[str, Tensor], name: str, upstream: dict | None = None, im
     if dim % n_heads:
         raise WeightsError(f"{name}: width {dim} is not a multiple of {n_heads} heads")
     head_dim = dim // n_heads
-    n_kv = up.get("n_kv_head") or n_heads
+    n_kv = n_heads
     wqkv = sd.get("layers.0.attention.wqkv.weight")
     if wqkv is not None and wqkv.shape[0] % head_dim == 0:  # rows = (n_heads + 2 * n_kv) * head_dim
         extra = wqkv.shape[0] // head_dim - n_heads
         if extra > 0 and extra % 2 == 0 and n_heads % (extra // 2) == 0:
             n_kv = extra // 2
+            refuse_contradictions("--gpt-config", up, {"n_kv_head": n_kv}, name)
     w1 = sd.get("layers.0.feed_forward.w1.weight")
     ffn = w1.shape[0] if w1 is not None else T.llamagen_ffn(dim)
 
-    if "block_size" in up:
-        grid, source = _grid_of(up["block_size"], "--gpt-config block_size"), "--gpt-config block_size"
-    elif freqs is not None:
-        grid, source = _grid_of(freqs.shape[0] - cond_len, "freqs_cis"), "the freqs_cis tensor"
+    if "block_size" in up or freqs is not None:
+        block = up.get("block_size") or found["block_size"]
+        source = "--gpt-config block_size" if "block_size" in up else "the freqs_cis tensor"
+        grid = _grid_of(block, source)
     elif image_size is not None:
         factor = vq_factor or 16
         if image_size % factor:
@@ -203,9 +165,8 @@ def infer_gpt(sd: dict[str, Tensor], name: str, upstream: dict | None = None, im
         n_kv_heads=None if n_kv == n_heads else n_kv, norm_eps=up.get("norm_eps", 1e-5),
         rope_theta=float(up.get("rope_base", 10000.0)), rope="2d", rope_interleaved=True, rope_grid=grid,
         cond_len=cond_len, cond="class" if task == "c2i" else "caption",
-        num_classes=sd["cls_embedding.embedding_table.weight"].shape[0] - 1 if task == "c2i" else 0,
-        caption_dim=sd["cls_embedding.cap_proj.fc1.weight"].shape[1]
-        if "cls_embedding.cap_proj.fc1.weight" in sd else (up.get("caption_dim", 0) if task == "t2i" else 0),
+        num_classes=found.get("num_classes", 0),
+        caption_dim=found.get("caption_dim", up.get("caption_dim", 0) if task == "t2i" else 0),
     )
     preset = next((k for k, v in presets.items()
                    if (v["dim"], v["n_layers"], v["n_heads"], v["ffn_dim"]) == (dim, n_layers, n_heads, ffn)), None)
@@ -214,34 +175,16 @@ def infer_gpt(sd: dict[str, Tensor], name: str, upstream: dict | None = None, im
 
 def convert_gpt(sd: dict[str, Tensor], config: T.Config, name: str) -> dict:
     """Our transformer params from a LlamaGen GPT state dict (wqkv split into wq, wk, wv)."""
-    with torch.device("meta"):
-        expected = flatten(T.init_params(config, torch.Generator()))
-    return unflatten(check_and_map(sd, expected, gpt_key, IGNORED_GPT, f"{name} does not match a LlamaGen GPT"))
+    return convert_state(sd, layout(T.init_params, config), lambda k: upstream_key(k, GPT),
+                         f"{name} does not match a LlamaGen GPT", ignore=GPT_IGNORED)
 
 
 # ----------------------------------------------------------------------------- the VQ tokenizer
 
 
-def vq_key(ours: str) -> str:
-    """Upstream key of one of our flattened VQ keys (decoder levels keep upstream's lowest-first order)."""
-    if ours == "codebook":
-        return "quantize.embedding.weight"
-    parts, out = ours.split("."), []
-    mid = {"res1": "0", "attn": "1", "res2": "2"}
-    for j, s in enumerate(parts):
-        last = j == len(parts) - 1
-        if last and s in ("w", "b"):
-            out.append("weight" if s == "w" else "bias")
-        elif j > 0 and parts[j - 1] == "mid" and s in mid:
-            out.append(mid[s])
-        else:
-            out.append({"levels": "conv_blocks", "up": "upsample.conv", "down": "downsample.conv",
-                        "shortcut": "nin_shortcut"}.get(s, s))
-    return ".".join(out)
-
-
 def infer_vq(sd: dict[str, Tensor], name: str, upstream: dict | None = None) -> tuple[vqgan.VQConfig, bool]:
-    """(VQConfig, whether the file has an encoder) from tensor shapes (+ the optional upstream config)."""
+    """(VQConfig, whether the file has an encoder) from tensor shapes; an upstream config (--vq-config)
+    that contradicts them is refused, and gives only what shapes cannot (codebook_l2_norm)."""
     up = upstream or {}
     if "quantize.embedding.weight" not in sd or "post_quant_conv.weight" not in sd:
         hint = " It looks like a GPT: pass it as --gpt." if "tok_embeddings.weight" in sd else ""
@@ -266,35 +209,28 @@ def infer_vq(sd: dict[str, Tensor], name: str, upstream: dict | None = None) -> 
         if w is None:
             raise WeightsError(f"{name} lacks decoder.conv_blocks.{n_levels - 1 - i}.res.0.conv1.weight")
         widths.append(w.shape[0])
-    ch = up.get("ch") or (sd["encoder.conv_in.weight"].shape[0] if "encoder.conv_in.weight" in sd else min(widths))
+    conv_in = sd.get("encoder.conv_in.weight")
+    ch = conv_in.shape[0] if conv_in is not None else up.get("ch") or min(widths)
     if any(w % ch for w in widths):
         raise WeightsError(f"{name}: level widths {widths} are not multiples of the base width {ch}")
     n_res = len(_indices(sd, r"decoder\.conv_blocks\.0\.res\.(\d+)\.")) - 1
     attn = tuple(i for i in range(n_levels) if f"decoder.conv_blocks.{n_levels - 1 - i}.attn.0.q.weight" in sd)
+    ch_mult = [w // ch for w in widths]
+    refuse_contradictions("--vq-config", up, dict(codebook_size=k, codebook_embed_dim=e, z_channels=z, ch=ch,
+                                                  decoder_ch_mult=ch_mult, num_res_blocks=n_res), name)
     config = vqgan.VQConfig(
-        codebook_size=k, embed_dim=e, z_channels=z, ch=ch, ch_mult=tuple(w // ch for w in widths),
-        num_res_blocks=up.get("num_res_blocks", n_res), attn_levels=attn,
-        mid_attn="decoder.mid.1.q.weight" in sd, l2_norm=bool(up.get("codebook_l2_norm", True)),
+        codebook_size=k, embed_dim=e, z_channels=z, ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=n_res,
+        attn_levels=attn, mid_attn="decoder.mid.1.q.weight" in sd, l2_norm=bool(up.get("codebook_l2_norm", True)),
     )
     return config, has_encoder
 
 
 def convert_vq(sd: dict[str, Tensor], config: vqgan.VQConfig, encoder: bool, name: str) -> dict:
-    with torch.device("meta"):
-        expected = flatten(vqgan.init_params(config, torch.Generator(), encoder=encoder))
-    return unflatten(check_and_map(sd, expected, vq_key, IGNORED_VQ, f"{name} does not match a LlamaGen VQ model"))
+    return convert_state(sd, layout(lambda c, g: vqgan.init_params(c, g, encoder=encoder), config),
+                         lambda k: upstream_key(k, VQ), f"{name} does not match a LlamaGen VQ model", ignore=VQ_IGNORED)
 
 
 # ----------------------------------------------------------------------------- the command
-
-
-def _json_arg(path: str | None) -> dict | None:
-    if path is None:
-        return None
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise WeightsError(f"cannot read {path} as JSON: {e}") from e
 
 
 def _count(tree) -> int:
@@ -305,14 +241,16 @@ def build(args) -> tuple[dict, dict, dict, list[str]]:
     """(config.json, tensors, extra files, summary lines) for the parsed arguments; writes nothing."""
     if not (args.gpt or args.vq):
         raise WeightsError("nothing to convert: pass --gpt and/or --vq")
-    dtype = DTYPES.get(args.dtype)
+    if args.t5 and not args.gpt:
+        raise WeightsError("--t5 needs the text-to-image GPT (--gpt t2i_*.pt)")
+    dtype = DTYPES[args.dtype]
     config: dict = {"family": "llamagen", "sources": {}}
     tensors, extra, lines = {}, {}, []
     vq_factor = None
     if args.vq:
         path = resolve_file(args.vq)
-        sd = state_dict_of(path)
-        vq_config, has_encoder = infer_vq(sd, path.name, _json_arg(args.vq_config))
+        sd = torch_state(path)
+        vq_config, has_encoder = infer_vq(sd, path.name, read_json_arg(args.vq_config))
         tensors["vq"] = convert_vq(sd, vq_config, has_encoder, path.name)
         vq_factor = vq_config.factor
         config["vq"] = {**vq_config.__dict__, "ch_mult": list(vq_config.ch_mult),
@@ -323,12 +261,13 @@ def build(args) -> tuple[dict, dict, dict, list[str]]:
                      f"{'encoder + ' if has_encoder else ''}decoder, {_count(tensors['vq']) / 1e6:.1f}M parameters")
     if args.gpt:
         path = resolve_file(args.gpt)
-        sd = state_dict_of(path)
-        gpt_config, task, preset, source = infer_gpt(sd, path.name, _json_arg(args.gpt_config), args.image_size,
+        sd = torch_state(path)
+        gpt_config, task, preset, source = infer_gpt(sd, path.name, read_json_arg(args.gpt_config), args.image_size,
                                                      vq_factor)
+        if args.t5 and task != "t2i":
+            raise WeightsError("--t5 is for text-to-image GPTs; this one is class-conditional")
         params = convert_gpt(sd, gpt_config, path.name)
-        if dtype is not None:
-            params = unflatten({k: v.to(dtype) for k, v in flatten(params).items()})
+        params = cast(params, dtype) if dtype is not None else params
         if "vq" in config and gpt_config.vocab_size != config["vq"]["codebook_size"]:
             raise WeightsError(f"{path.name} predicts {gpt_config.vocab_size} ids but the VQ codebook has "
                                f"{config['vq']['codebook_size']} codes: they do not belong together")
@@ -346,8 +285,6 @@ def build(args) -> tuple[dict, dict, dict, list[str]]:
             lines.append(f"note: the released GPTs were trained on VQ-16 codes; with this VQ-{vq_factor} tokenizer "
                          f"the {grid}x{grid} grid decodes to {grid * vq_factor} px, not what the GPT learned")
         if args.t5:
-            if task != "t2i":
-                raise WeightsError("--t5 is for text-to-image GPTs; this one is class-conditional")
             from convert.t5 import load_t5
 
             t5_config, t5_params, tok = load_t5(args.t5, dtype)
@@ -363,38 +300,22 @@ def build(args) -> tuple[dict, dict, dict, list[str]]:
                          f"{gpt_config.cond_len} tokens per caption")
         elif task == "t2i":
             lines.append("no --t5: text prompts need the flan-t5-xl encoder; convert again with --t5 DIR")
-    elif args.t5:
-        raise WeightsError("--t5 needs the text-to-image GPT (--gpt t2i_*.pt)")
     return config, tensors, extra, lines
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python convert/llamagen.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = command("python -m convert.llamagen", __doc__)
     ap.add_argument("--gpt", help="GPT checkpoint: c2i_*.pt or t2i_*.pt (a local path, or a release file name "
                                   "fetched from the hub where huggingface_hub is installed)")
     ap.add_argument("--vq", help="VQ tokenizer checkpoint: vq_ds16_c2i.pt, vq_ds16_t2i.pt or vq_ds8_c2i.pt")
     ap.add_argument("--t5", help="text-to-image only: Hugging Face google/flan-t5-xl folder (config.json, "
                                  "*.safetensors or pytorch_model*.bin, tokenizer.json), or its repo id")
-    ap.add_argument("--out", required=True, help="output folder (written atomically)")
     ap.add_argument("--image-size", type=int, default=None,
                     help="training image size of the GPT in pixels, where the file name does not tell it")
     ap.add_argument("--gpt-config", default=None, help="upstream GPT ModelArgs as JSON (for non-release sizes)")
     ap.add_argument("--vq-config", default=None, help="upstream VQ ModelArgs as JSON (codebook_l2_norm, ...)")
-    ap.add_argument("--dtype", choices=list(DTYPES), default=None,
-                    help="cast the GPT (and T5) weights; the VQ stays float32 (default: as stored)")
-    ap.add_argument("--force", action="store_true", help="replace an existing output folder")
     args = ap.parse_args(argv)
-    try:
-        config, tensors, extra, lines = build(args)
-        out = write_folder(args.out, config, tensors, extra_files=extra, overwrite=args.force)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:  # WeightsError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {out}/ (config.json, {', '.join(sorted(f'{n}.safetensors' for n in tensors) + sorted(extra))})")
-    for line in lines:
-        print(f"  {line}")
-    return 0
+    return run(args, [args.gpt, args.vq, args.t5, args.gpt_config, args.vq_config], lambda: build(args))
 
 
 if __name__ == "__main__":

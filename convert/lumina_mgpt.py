@@ -14,14 +14,14 @@ Output (``sjd_min.checkpoint.write_folder``, atomic): ``config.json`` (family, t
 configs, the image layout ids, sampler defaults), ``transformer.safetensors`` (the key layout of
 ``sjd_min.transformer.init_params`` with ``qk_norm=True``), ``vq.safetensors`` (the layout of
 ``sjd_min.vq.vqgan.init_params``) and ``text_tokenizer.json`` (copied). Inputs are only read.
-Every key problem of a checkpoint (missing, unexpected, wrong shape) is reported in one error.
+The language model's names are Hugging Face Llama's plus qk-norm (stored per model-parallel shard
+by the release); the VQGAN's are taming's. Every key problem of a checkpoint (missing, unexpected,
+wrong shape) is reported in one error; the checks on --out are those of ``convert/toolkit.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import re
 import sys
 from pathlib import Path
@@ -29,9 +29,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+if __package__ in (None, ""):  # run as `python convert/lumina_mgpt.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from convert.layouts import HF_LLAMA, VQ_PREFIX, convert_llama, llama_config, taming_key
+from convert.toolkit import DTYPES, command, convert_state, hf_state, layout, run, torch_state
 from sjd_min import transformer as T
-from sjd_min.checkpoint import (WeightsError, check_tree, flatten, load_torch_file, read_json, unflatten,
-                                write_folder)
+from sjd_min.checkpoint import WeightsError, flatten, read_json
 from sjd_min.vq import vqgan as V
 
 FAMILY = "lumina_mgpt"
@@ -49,17 +53,13 @@ NAMES = dict(
 GRID_PX = 32  # pixels per size-token grid unit (Lumina-mGPT's patch_size)
 GRID_TOKENS = 2  # VQ tokens per grid unit and side (16-px VQ tokens)
 DEFAULTS = dict(cfg_scale=4.0, cfg_on="logits", top_k=2000, top_p=None, temperature=1.0)
-IGNORED_PREFIXES = ("model.vqmodel.",)  # transformers' Chameleon keeps the VQ encoder in the LLM file
-IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # a buffer older saves include
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def shapes_of(init, config) -> dict:
-    """The parameter layout `init(config, generator)` makes, as fake tensors (no memory)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    with FakeTensorMode():
-        return init(config, torch.Generator())
+CHAMELEON = {  # HF Llama plus qk-norm: a LayerNorm over head_dim, weight and bias per head
+    **HF_LLAMA,
+    "model.layers.{}.self_attn.q_norm.weight": "layers.{}.attn.q_norm.w",
+    "model.layers.{}.self_attn.q_norm.bias": "layers.{}.attn.q_norm.b",
+    "model.layers.{}.self_attn.k_norm.weight": "layers.{}.attn.k_norm.w",
+    "model.layers.{}.self_attn.k_norm.bias": "layers.{}.attn.k_norm.b",
+}
 
 
 def _fail(what: str, problems: list[str]) -> None:
@@ -85,109 +85,21 @@ def read_model_config(folder: Path) -> dict:
 
 def transformer_config(hf: dict) -> T.Config:
     """sjd_min's transformer Config from a Chameleon config.json (defaults filled as upstream does)."""
-    problems = [f"config.json lacks {k}" for k in
-                ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-                if k not in hf]
     if not isinstance(hf.get("vocabulary_map"), dict):
-        problems.append("config.json lacks the vocabulary_map (image-token names -> ids)")
-    rope = hf.get("rope_parameters") or {}  # transformers >= 5 writes rope_parameters
-    scaling = hf.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
-    if scaling:
-        problems.append(f"RoPE scaling {scaling} is not supported (the released checkpoints use none)")
-    for key, ok in (("attention_bias", False), ("mlp_bias", False)):
-        if hf.get(key, ok) != ok:
-            problems.append(f"{key}={hf[key]} is not supported (the released checkpoints have no biases)")
-    if hf.get("hidden_act", "silu") != "silu":
-        problems.append(f"hidden_act {hf['hidden_act']!r} is not supported (SwiGLU with silu)")
-    _fail("unsupported Chameleon config", problems)
-    theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
-    try:
-        return T.Config(
-            vocab_size=hf["vocab_size"], dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
-            n_heads=hf["num_attention_heads"], ffn_dim=hf["intermediate_size"],
-            n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
-            norm_eps=hf.get("rms_norm_eps", 1e-5), rope_theta=float(theta), rope="1d", rope_interleaved=False,
-            qk_norm=True, qk_norm_eps=1e-5, norm_placement="post" if hf.get("swin_norm", False) else "pre",
-        )
-    except ValueError as e:
-        raise WeightsError(f"inconsistent Chameleon config: {e}") from e
+        raise WeightsError("config.json lacks the vocabulary_map (image-token names -> ids)")
+    return llama_config(hf, 10000.0, rope="1d", rope_interleaved=False, qk_norm=True, qk_norm_eps=1e-5,
+                        norm_placement="post" if hf.get("swin_norm", False) else "pre")
 
 
-def load_safetensors_folder(folder: Path) -> dict[str, Tensor]:
-    """All tensors of a single-file or sharded (index.json) safetensors checkpoint."""
-    from safetensors.torch import load_file
+def expand_qk_norm(state: dict[str, Tensor], config: T.Config, mp: int) -> dict[str, Tensor]:
+    """qk-norm weights as [heads, head_dim]: the release stores [model_parallel_size, head_dim] (each
+    shard owns a contiguous block of heads), transformers already [heads, head_dim]."""
+    def expand(key: str, t: Tensor) -> Tensor:
+        heads = config.n_heads if ".q_norm." in key else config.kv_heads
+        return t.repeat_interleave(heads // mp, 0) if t.ndim == 2 and t.shape[0] == mp != heads and heads % mp == 0 \
+            else t
 
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = read_json(index, "").get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise WeightsError(f"{index} has no weight_map")
-        files = sorted(set(weight_map.values()))
-    elif (folder / "model.safetensors").is_file():
-        files = ["model.safetensors"]
-    else:
-        raise WeightsError(f"{folder} has neither model.safetensors nor model.safetensors.index.json")
-    missing = [f for f in files if not (folder / f).is_file()]
-    if missing:
-        raise WeightsError(f"{folder} lacks the shard(s) {', '.join(missing)} listed in its index")
-    state: dict[str, Tensor] = {}
-    for f in files:
-        try:
-            state.update(load_file(str(folder / f)))
-        except Exception as e:  # safetensors raises its own types for truncated / corrupt files
-            raise WeightsError(f"{folder / f} cannot be read ({e}); if it is a truncated download, fetch it again") from e
-    return state
-
-
-def _qk_norm(t: Tensor, heads: int, mp: int, key: str, problems: list[str]) -> Tensor:
-    """[heads, head_dim] from the release's [model_parallel_size, head_dim] (each shard owns a
-    contiguous block of heads) or transformers' [heads, head_dim]."""
-    if t.ndim == 2 and t.shape[0] == heads:
-        return t
-    if t.ndim == 2 and t.shape[0] == mp and heads % mp == 0:
-        return t.repeat_interleave(heads // mp, dim=0)
-    problems.append(f"{key}: shape {tuple(t.shape)}, expected [{heads}, head_dim] or "
-                    f"[model_parallel_size={mp}, head_dim]")
-    return t
-
-
-def convert_transformer(hf: dict, state: dict[str, Tensor], config: T.Config) -> dict:
-    """HF Chameleon state dict -> sjd_min's nested params; all key problems in one WeightsError."""
-    mp = int(hf.get("model_parallel_size") or 1)
-    names = {"model.embed_tokens.weight": "embed", "model.norm.weight": "norm", "lm_head.weight": "head"}
-    for i in range(config.n_layers):
-        src, dst = f"model.layers.{i}.", f"layers.{i}."
-        for a, b in (("q_proj", "wq"), ("k_proj", "wk"), ("v_proj", "wv"), ("o_proj", "wo")):
-            names[f"{src}self_attn.{a}.weight"] = f"{dst}attn.{b}"
-        for a in ("q_norm", "k_norm"):
-            names[f"{src}self_attn.{a}.weight"] = f"{dst}attn.{a}.w"
-            names[f"{src}self_attn.{a}.bias"] = f"{dst}attn.{a}.b"
-        for a, b in (("gate_proj", "w_gate"), ("up_proj", "w_up"), ("down_proj", "w_down")):
-            names[f"{src}mlp.{a}.weight"] = f"{dst}mlp.{b}"
-        names[f"{src}input_layernorm.weight"] = f"{dst}attn_norm"
-        names[f"{src}post_attention_layernorm.weight"] = f"{dst}mlp_norm"
-    state = dict(state)
-    if "lm_head.weight" not in state and hf.get("tie_word_embeddings") and "model.embed_tokens.weight" in state:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    problems: list[str] = []
-    flat: dict[str, Tensor] = {}
-    for key, t in state.items():
-        if key.startswith(IGNORED_PREFIXES) or key.endswith(IGNORED_SUFFIXES):
-            continue
-        if key not in names:
-            problems.append(f"unexpected {key}")
-            continue
-        if ".q_norm." in key:
-            t = _qk_norm(t, config.n_heads, mp, key, problems)
-        elif ".k_norm." in key:
-            t = _qk_norm(t, config.kv_heads, mp, key, problems)
-        flat[names[key]] = t
-    problems += [f"missing {k}" for k in names if k not in state]
-    params = unflatten(flat)
-    expected = shapes_of(T.init_params, config)
-    problems += [p for p in check_tree(params, expected) if not p.startswith("missing ")]
-    _fail("the language-model weights do not match their config.json", problems)
-    return params
+    return {k: expand(k, t) if re.search(r"\.[qk]_norm\.", k) else t for k, t in state.items()}
 
 
 # ----------------------------------------------------------------------------- vocabulary and layout
@@ -272,91 +184,15 @@ def read_vqgan_yaml(path: Path) -> tuple[V.VQConfig, dict]:
     return config, dd
 
 
-def _taming_names(config: V.VQConfig) -> dict[str, str]:
-    """taming key (without .weight / .bias) -> sjd_min path."""
-    c, n_levels = config, len(config.ch_mult)
-    widths = [c.ch * m for m in c.ch_mult]
-    names = {"quantize.embedding": "codebook", "quant_conv": "quant_conv", "post_quant_conv": "post_quant_conv"}
-
-    def res(src: str, dst: str, cin: int, cout: int) -> None:
-        for part in ("norm1", "conv1", "norm2", "conv2"):
-            names[f"{src}.{part}"] = f"{dst}.{part}"
-        if cin != cout:
-            names[f"{src}.nin_shortcut"] = f"{dst}.shortcut"
-
-    def attn(src: str, dst: str) -> None:
-        for part in ("norm", "q", "k", "v", "proj_out"):
-            names[f"{src}.{part}"] = f"{dst}.{part}"
-
-    def mid(src: str, dst: str, ch: int) -> None:
-        res(f"{src}.block_1", f"{dst}.res1", ch, ch)
-        attn(f"{src}.attn_1", f"{dst}.attn")
-        res(f"{src}.block_2", f"{dst}.res2", ch, ch)
-
-    enc_attn = c.attn_levels if c.enc_attn_levels is None else c.enc_attn_levels
-    cin = c.ch
-    for part in ("conv_in", "norm_out", "conv_out"):
-        names[f"encoder.{part}"] = f"encoder.{part}"
-        names[f"decoder.{part}"] = f"decoder.{part}"
-    for i, w in enumerate(widths):  # encoder: down[i] is level i, highest resolution first
-        for j in range(c.num_res_blocks):
-            res(f"encoder.down.{i}.block.{j}", f"encoder.levels.{i}.res.{j}", cin, w)
-            cin = w
-            if i in enc_attn:
-                attn(f"encoder.down.{i}.attn.{j}", f"encoder.levels.{i}.attn.{j}")
-        if i < n_levels - 1:
-            names[f"encoder.down.{i}.downsample.conv"] = f"encoder.levels.{i}.down"
-    mid("encoder.mid", "encoder.mid", cin)
-    cin = widths[-1]
-    mid("decoder.mid", "decoder.mid", cin)
-    for i in reversed(range(n_levels)):  # decoder: up[i] is level i; ours run lowest resolution first
-        lvl = n_levels - 1 - i
-        for j in range(c.num_res_blocks + 1):
-            res(f"decoder.up.{i}.block.{j}", f"decoder.levels.{lvl}.res.{j}", cin, widths[i])
-            cin = widths[i]
-            if i in c.attn_levels:
-                attn(f"decoder.up.{i}.attn.{j}", f"decoder.levels.{lvl}.attn.{j}")
-        if i > 0:
-            names[f"decoder.up.{i}.upsample.conv"] = f"decoder.levels.{lvl}.up"
-    return names
-
-
 def convert_vqgan(state: dict[str, Tensor], config: V.VQConfig) -> dict:
     """taming VQModel state dict -> sjd_min's VQ params; all key problems in one WeightsError."""
-    names = _taming_names(config)
-    problems: list[str] = []
-    flat: dict[str, Tensor] = {}
-    for key, t in state.items():
-        if key.startswith("loss."):  # the training loss (perceptual net, discriminator) ships in the ckpt
-            continue
-        base, _, leaf = key.rpartition(".")
-        if base not in names or leaf not in ("weight", "bias") or (base == "quantize.embedding" and leaf != "weight"):
-            problems.append(f"unexpected {key}")
-            continue
-        path = names[base]
-        flat[path if base == "quantize.embedding" else f"{path}.{'w' if leaf == 'weight' else 'b'}"] = t
-    params = unflatten(flat)
-    expected = shapes_of(V.init_params, config)
-    back = {v: k for k, v in names.items()}
-
-    def taming(path: str) -> str:
-        if path == "codebook":
-            return "quantize.embedding.weight"
-        base, _, leaf = path.rpartition(".")
-        return f"{back.get(base, base)}.{'weight' if leaf == 'w' else 'bias'}"
-
-    for p in check_tree(params, expected):
-        problems.append(f"missing {taming(p[len('missing '):])}" if p.startswith("missing ") else p)
-    _fail("the VQGAN checkpoint does not match vqgan.yaml", problems)
-    return params
+    return convert_state(state, layout(V.init_params, config), lambda k: taming_key(k, len(config.ch_mult)),
+                         "the VQGAN checkpoint does not match vqgan.yaml", ignore=r"loss\..*")  # the training loss
 
 
 def read_vqgan_ckpt(path: Path) -> dict[str, Tensor]:
-    obj = load_torch_file(path)
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise WeightsError(f"{path} holds no state_dict of tensors (expected Meta's Lightning vqgan.ckpt)")
-    return state
+    """The tensors of Meta's Lightning ``vqgan.ckpt`` (its ``state_dict``)."""
+    return torch_state(path, wrappers=("state_dict",))
 
 
 def check_text_tokenizer(path: Path) -> None:
@@ -378,19 +214,17 @@ def _default_size(model_dir: Path) -> int:
     return int(m.group(1)) if m else 768
 
 
-def convert(model_dir: Path, vqgan_ckpt: Path, vqgan_yaml: Path, text_tokenizer: Path, out: Path,
-            default_size: int | None = None, dtype: str | None = None, overwrite: bool = False) -> Path:
-    """Read, check and convert everything first; then write the folder in one atomic step."""
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --force to replace it")
-    size = default_size or _default_size(model_dir)
+def build(model_dir: Path, vqgan_ckpt: Path, vqgan_yaml: Path, text_tokenizer: Path, size: int | None,
+          dtype: torch.dtype | None):
+    """(config.json, tensors, extra files, summary lines): everything read and checked, the small files first."""
+    size = size or _default_size(model_dir)
     if size < GRID_PX or size % GRID_PX:
         raise WeightsError(f"default size {size} is not a positive multiple of {GRID_PX}")
     hf = read_model_config(model_dir)
     config = transformer_config(hf)
     vocab = hf["vocabulary_map"]
     img2bpe = image_token_ids(vocab)
-    layout, lacking = layout_ids(vocab, hf)
+    ids, lacking = layout_ids(vocab, hf)
     vq_config, _ = read_vqgan_yaml(vqgan_yaml)
     check_text_tokenizer(text_tokenizer)
     if len(img2bpe) > vq_config.codebook_size:
@@ -398,65 +232,51 @@ def convert(model_dir: Path, vqgan_ckpt: Path, vqgan_yaml: Path, text_tokenizer:
                            f"{vq_config.codebook_size} codes: tokenizer files of another model?")
     if max(img2bpe) >= config.vocab_size:
         raise WeightsError(f"image-token ids reach {max(img2bpe)}, beyond vocab_size {config.vocab_size}")
-    vq = convert_vqgan(read_vqgan_ckpt(vqgan_ckpt), vq_config)  # the small file first
-    params = convert_transformer(hf, load_safetensors_folder(model_dir), config)
-    if dtype is not None:
-        params = unflatten({k: v.to(DTYPES[dtype]) for k, v in flatten(params).items()})
+    vq = convert_vqgan(read_vqgan_ckpt(vqgan_ckpt), vq_config)
+    state = expand_qk_norm(hf_state(model_dir, keep=lambda k: not VQ_PREFIX.match(k), dtype=dtype), config,
+                           int(hf.get("model_parallel_size") or 1))
+    params = convert_llama(state, config, bool(hf.get("tie_word_embeddings")), "the language-model weights",
+                           CHAMELEON)
     folder_config = dict(
         family=FAMILY,
         transformer=dataclasses.asdict(config),
         vq=dataclasses.asdict(vq_config),
-        layout=layout,
+        layout=ids,
         image_token_ids=img2bpe,
         defaults=dict(DEFAULTS, size=size),
         text_tokenizer="text_tokenizer.json",
         source=dict(model=str(model_dir), vqgan=str(vqgan_ckpt), model_type=hf.get("model_type"),
                     architectures=hf.get("architectures")),
     )
-    written = write_folder(out, folder_config, {"transformer": params, "vq": vq},
-                           extra_files={"text_tokenizer.json": text_tokenizer}, overwrite=overwrite)
     n_llm, n_vq = (sum(t.numel() for t in flatten(tree).values()) for tree in (params, vq))
-    print(f"wrote {written}/: transformer.safetensors ({n_llm:,} parameters, {config.n_layers} layers, "
-          f"dim {config.dim}, {config.n_heads} heads / {config.kv_heads} kv, norm {config.norm_placement}, "
-          f"{next(iter(flatten(params).values())).dtype}), vq.safetensors ({n_vq:,} parameters, codebook "
-          f"{vq_config.codebook_size}x{vq_config.embed_dim}, {vq_config.factor}x), text_tokenizer.json, config.json "
-          f"({len(img2bpe)} image tokens at ids {min(img2bpe)}..{max(img2bpe)}, default size {size})")
+    lines = [f"transformer: {n_llm:,} parameters, {config.n_layers} layers, dim {config.dim}, {config.n_heads} heads "
+             f"/ {config.kv_heads} kv, norm {config.norm_placement}, {next(iter(flatten(params).values())).dtype}",
+             f"vq: {n_vq:,} parameters, codebook {vq_config.codebook_size}x{vq_config.embed_dim}, {vq_config.factor}x",
+             f"{len(img2bpe)} image tokens at ids {min(img2bpe)}..{max(img2bpe)}, default size {size}"]
     if lacking:
-        print(f"warning: the vocabulary lacks {', '.join(lacking)}: this folder computes logits but cannot "
-              f"generate images", file=sys.stderr)
-    return written
+        lines.append(f"warning: the vocabulary lacks {', '.join(lacking)}: this folder computes logits but cannot "
+                     f"generate images")
+    return folder_config, {"transformer": params, "vq": vq}, {"text_tokenizer.json": text_tokenizer}, lines
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m convert.lumina_mgpt", description=__doc__.split("\n\n")[0])
+    ap = command("python -m convert.lumina_mgpt", __doc__)
     ap.add_argument("--model", required=True, help="Lumina-mGPT / Chameleon HF folder (config.json + safetensors)")
     ap.add_argument("--tokenizer-dir", default=None,
                     help="folder with Meta's vqgan.ckpt, vqgan.yaml and text_tokenizer.json")
     ap.add_argument("--vqgan-ckpt", default=None, help="vqgan.ckpt (default: in --tokenizer-dir)")
     ap.add_argument("--vqgan-yaml", default=None, help="vqgan.yaml (default: in --tokenizer-dir)")
     ap.add_argument("--text-tokenizer", default=None, help="text_tokenizer.json (default: in --tokenizer-dir)")
-    ap.add_argument("--out", required=True, help="output weights folder")
     ap.add_argument("--size", type=int, default=None,
                     help="default image side for generate (default: from the model folder name, else 768)")
-    ap.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="cast the LLM (default: keep)")
-    ap.add_argument("--force", action="store_true", help="replace an existing output folder")
     args = ap.parse_args(argv)
-
-    def pick(explicit: str | None, flag: str, name: str) -> Path:
-        if explicit:
-            return Path(explicit)
-        if args.tokenizer_dir is None:
-            raise SystemExit(f"error: give --tokenizer-dir (Meta's Chameleon tokenizer folder) or {flag}")
-        return Path(args.tokenizer_dir) / name
-
-    ckpt = pick(args.vqgan_ckpt, "--vqgan-ckpt", "vqgan.ckpt")
-    yml = pick(args.vqgan_yaml, "--vqgan-yaml", "vqgan.yaml")
-    tok = pick(args.text_tokenizer, "--text-tokenizer", "text_tokenizer.json")
-    try:
-        convert(Path(args.model), ckpt, yml, tok, Path(args.out), args.size, args.dtype, args.force)
-    except (WeightsError, FileNotFoundError, FileExistsError) as e:
-        raise SystemExit(f"error: {e}") from e
-    return 0
+    named = {"vqgan_ckpt": "vqgan.ckpt", "vqgan_yaml": "vqgan.yaml", "text_tokenizer": "text_tokenizer.json"}
+    if args.tokenizer_dir is None and not all(getattr(args, k) for k in named):
+        ap.error("give --tokenizer-dir (Meta's Chameleon tokenizer folder) or each of --vqgan-ckpt, --vqgan-yaml "
+                 "and --text-tokenizer")
+    files = [Path(getattr(args, k) or Path(args.tokenizer_dir) / name) for k, name in named.items()]
+    model = Path(args.model)
+    return run(args, [model, args.tokenizer_dir, *files], lambda: build(model, *files, args.size, DTYPES[args.dtype]))
 
 
 if __name__ == "__main__":

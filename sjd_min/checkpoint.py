@@ -7,10 +7,13 @@ never sees half a folder); everything loads through ``read_folder``, which names
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 import torch
@@ -57,10 +60,16 @@ class WeightsError(ValueError):
 def write_folder(out: str | os.PathLike, config: dict, tensors: dict[str, dict], extra_files: dict | None = None,
                  overwrite: bool = False) -> Path:
     """Write config.json, one ``NAME.safetensors`` per entry of `tensors` (each a nested dict) and
-    `extra_files` ({name: source path or bytes}) into `out`, atomically."""
+    `extra_files` ({name: source path or bytes}) into `out`, atomically: into a temporary folder beside
+    it, then one rename. `overwrite` replaces only a folder this function wrote (`is_weights_folder`),
+    after the new one is complete. Permissions follow the umask, like any other output."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (--force) to replace it")
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{out} exists; pass overwrite=True (--force) to replace it")
+        if not is_weights_folder(out):
+            raise FileExistsError(f"{out} is not a weights folder (config.json with a \"family\"): not replacing it")
+    made = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -73,18 +82,40 @@ def write_folder(out: str | os.PathLike, config: dict, tensors: dict[str, dict],
                 (tmp / name).write_bytes(src)
             else:
                 shutil.copyfile(src, tmp / name)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
+        umask = os.umask(0)
+        os.umask(umask)
+        for p in tmp.iterdir():  # mkdtemp and safetensors make private (0700 / 0600) entries
+            p.chmod(0o666 & ~umask)
+        tmp.chmod(0o777 & ~umask)
+        if out.exists():  # set the old folder aside (in a fresh folder: nothing of the user's is in the way)
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            out.rename(old / out.name)
+            try:
+                tmp.rename(out)
+            except BaseException:
+                (old / out.name).rename(out)
+                old.rmdir()
+                raise
             shutil.rmtree(old)
         else:
             tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for p in made:  # the parent folders this call made, deepest first, where still empty
+            with contextlib.suppress(OSError):
+                p.rmdir()
         raise
     return out
+
+
+def is_weights_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` is a real folder written by `write_folder`: its config.json names a model family."""
+    path = Path(path)
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return path.is_dir() and not path.is_symlink() and isinstance(config, dict) and "family" in config
 
 
 def read_json(path: str | os.PathLike, what: str = "") -> dict:
@@ -93,9 +124,12 @@ def read_json(path: str | os.PathLike, what: str = "") -> dict:
     if not path.is_file():
         raise WeightsError(f"{path} does not exist" + (f": {what}" if what else ""))
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise WeightsError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(doc, dict):
+        raise WeightsError(f"{path} holds a JSON {type(doc).__name__}, not an object")
+    return doc
 
 
 HOW_TO_MAKE = (
@@ -180,19 +214,49 @@ def cast_for(tree, device, dtype: torch.dtype | None = None):
     return cast(tree, dtype) if dtype is not None else tree
 
 
-def from_hub(what: str, repo: str, by_hand: str, fetch) -> Path:
-    """`what` fetched from the Hugging Face hub repo `repo` by ``fetch(huggingface_hub)``. FileNotFoundError
-    where huggingface_hub is not installed (naming `by_hand`, the command that fetches it) or the fetch fails."""
+def from_hub(repo: str, filename: str | None = None, patterns: list[str] | None = None) -> Path:
+    """A release file of the Hugging Face hub repo `repo` (without `filename`: its files matching
+    `patterns`), from the hub's cache, downloaded there first where the network allows. Where
+    huggingface_hub is missing, HF_HUB_OFFLINE is set or the hub cannot be reached, FileNotFoundError at
+    once (not after the client's retries), naming the command that fetches it by hand."""
+    what = filename or repo
+    by_hand = f"huggingface-cli download {repo} {filename + ' ' if filename else ''}--local-dir DIR"
     try:
-        import huggingface_hub
+        import huggingface_hub as hub
     except ImportError as e:
-        raise FileNotFoundError(f"{what} is not on disk, and huggingface_hub (to fetch it from {repo}) is not "
-                                f"installed: `{by_hand}` first") from e
+        raise FileNotFoundError(f"{what} is not on disk, and huggingface_hub is not installed to fetch it: "
+                                f"`{by_hand}` first") from e
+
+    def fetch(local_files_only: bool) -> Path:
+        if filename:
+            return Path(hub.hf_hub_download(repo, filename, local_files_only=local_files_only))
+        return Path(hub.snapshot_download(repo, allow_patterns=patterns, local_files_only=local_files_only))
+
+    with contextlib.suppress(Exception):  # already in the hub's cache: no network needed
+        return fetch(local_files_only=True)
+    if why := hub_unreachable():
+        raise FileNotFoundError(f"{what} is not on disk or in the Hugging Face cache, and {why}: `{by_hand}` "
+                                f"first, then pass its path")
     print(f"downloading {what} from the Hugging Face hub ({repo})...")
     try:
-        return Path(fetch(huggingface_hub))
-    except Exception as e:  # offline, unknown file, ...: the hub client has many error types
+        return fetch(local_files_only=False)
+    except Exception as e:  # unknown file, network cut, ...: the hub client has many error types
         raise FileNotFoundError(f"{what} is not on disk and could not be fetched from {repo} ({e})") from e
+
+
+def hub_unreachable() -> str | None:
+    """Why the hub cannot be reached, found at once: HF_HUB_OFFLINE, or no connection to its host within
+    5 s (not tried behind a proxy, which the hub client handles itself). None where it may be reached."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=5).close()
+    except OSError as e:
+        return f"{url.hostname} cannot be reached ({e})"
+    return None
 
 
 def check_shapes(folder, tensors: dict[str, dict], expected: dict) -> None:

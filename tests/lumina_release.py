@@ -13,7 +13,8 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from convert.lumina_mgpt import _taming_names, read_vqgan_yaml
+from convert.layouts import taming_key
+from convert.lumina_mgpt import read_vqgan_yaml
 from sjd_min.checkpoint import flatten
 from sjd_min.vq import vqgan as V
 
@@ -118,16 +119,11 @@ def write_vqgan(folder: Path, *, ch: int = 32, ch_mult=(1, 1, 1, 1, 1), num_res_
     config, _ = read_vqgan_yaml(yml)
     g = torch.Generator().manual_seed(seed)
     ours = flatten(V.init_params(config, g))
-    to_taming = {v: k for k, v in _taming_names(config).items()}
     sd = {}
     for path, t in ours.items():
-        if path == "codebook":
-            sd["quantize.embedding.weight"] = t
-            continue
-        base, _, leaf = path.rpartition(".")
         if t.ndim == 1:  # biases and norm weights: not the trivial 0 / 1
             t = t + 0.1 * torch.randn(t.shape, generator=g)
-        sd[f"{to_taming[base]}.{'weight' if leaf == 'w' else 'bias'}"] = t
+        sd[taming_key(path, len(config.ch_mult))] = t
     sd["loss.discriminator.main.0.weight"] = torch.zeros(2, 2)
     ckpt = folder / "vqgan.ckpt"
     torch.save({"state_dict": sd}, ckpt)
