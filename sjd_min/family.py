@@ -41,6 +41,7 @@ FAMILIES = {
     "tiny": "sjd_min.models.tiny",
     "llamagen": "sjd_min.models.llamagen",
     "lumina_mgpt": "sjd_min.models.lumina_mgpt",
+    "lumina_mgpt2": "sjd_min.models.lumina_mgpt2",
     "emu3": "sjd_min.models.emu3",
 }
 
