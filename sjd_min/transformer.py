@@ -10,6 +10,8 @@ cache (gpt-fast style). The three families differ only in config switches:
 * Chameleon / Lumina-mGPT: per-head LayerNorm qk-norm with bias, applied
   before RoPE; 34B places the norms after attention / MLP ("post").
 * Emu3: plain Llama with grouped-query attention and RoPE theta 1e6.
+* Janus-Pro: plain Llama whose image tokens have their own embedding table (its converter tabulates
+  gen_embed -> gen_aligner) and an MLP output head (``head_hidden``).
 
 References: LlamaGen (arXiv 2406.06525), Chameleon (arXiv 2405.09818),
 Lumina-mGPT (arXiv 2408.02657), Emu3 (arXiv 2409.18869).
@@ -51,6 +53,8 @@ class Config:
     cond: Literal["none", "class", "caption"] = "none"  # LlamaGen condition embedder
     num_classes: int = 0  # "class": ImageNet classes; table row num_classes is the null class
     caption_dim: int = 0  # "caption": width of the text features (flan-t5-xl: 2048)
+    head_hidden: int = 0  # Janus's image head (gen_head): Linear(dim, head_hidden) + bias and GELU before
+    #   the head (+ bias); 0: the head alone, one Linear on the final norm
 
     @property
     def head_dim(self) -> int:
@@ -90,6 +94,10 @@ PRESETS: dict[str, dict] = {
         dim=8192, n_layers=48, n_heads=64, n_kv_heads=8, ffn_dim=22016, vocab_size=65536,
         qk_norm=True, norm_placement="post",
     ),
+    "janus-pro-1B": dict(dim=2048, n_layers=24, n_heads=16, ffn_dim=5632, vocab_size=16384, norm_eps=1e-6,
+                         head_hidden=2048),
+    "janus-pro-7B": dict(dim=4096, n_layers=30, n_heads=32, ffn_dim=11008, vocab_size=16384, norm_eps=1e-6,
+                         head_hidden=4096),
     "emu3-gen-8B": dict(
         dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_dim=14336, vocab_size=184622, rope_theta=1e6,
     ),
@@ -135,8 +143,11 @@ def init_params(config: Config, generator: torch.Generator, dtype: torch.dtype =
         embed=torch.randn(c.vocab_size, c.dim, generator=generator, dtype=dtype),
         layers=layers,
         norm=norm(c.dim),
-        head=mat(c.vocab_size, c.dim),
+        head=mat(c.vocab_size, c.head_hidden or c.dim),
     )
+    if c.head_hidden:
+        params["head_mlp"] = dict(w=mat(c.head_hidden, c.dim), b=torch.zeros(c.head_hidden, dtype=dtype))
+        params["head_b"] = torch.zeros(c.vocab_size, dtype=dtype)
     if c.cond == "class":
         params["cond"] = dict(table=torch.randn(c.num_classes + 1, c.dim, generator=generator, dtype=dtype))
     elif c.cond == "caption":
@@ -230,6 +241,14 @@ def mlp(p: Params, x):
     return (F.silu(x @ p["w_gate"].T) * (x @ p["w_up"].T)) @ p["w_down"].T
 
 
+def output_head(params: Params, c: Config, x: Float[Tensor, "b t d"]) -> Float[Tensor, "b t v"]:
+    """Logits from the final-normed hidden state: one Linear, or Janus's gen_head (Linear, GELU, Linear)."""
+    if not c.head_hidden:
+        return x @ params["head"].T
+    p = params["head_mlp"]
+    return F.gelu(x @ p["w"].T + p["b"]) @ params["head"].T + params["head_b"]
+
+
 # ----------------------------------------------------------------------------- cache and forward
 
 
@@ -282,7 +301,7 @@ def forward(
             a = attention(layer["attn"], c, h, cos, sin, cache["k"][i], cache["v"][i], write_at, attend)
             h = h + rms_norm(a, layer["attn_norm"], c.norm_eps)
             h = h + rms_norm(mlp(layer["mlp"], h), layer["mlp_norm"], c.norm_eps)
-    logits = (rms_norm(h, params["norm"], c.norm_eps) @ params["head"].T).float()
+    logits = output_head(params, c, rms_norm(h, params["norm"], c.norm_eps)).float()
     return logits, cache
 
 
