@@ -90,6 +90,9 @@ PRESETS: dict[str, dict] = {
     "llamagen-XXL": dict(dim=1536, n_layers=48, n_heads=24, ffn_dim=llamagen_ffn(1536)),
     "llamagen-3B": dict(dim=3200, n_layers=24, n_heads=32, ffn_dim=llamagen_ffn(3200)),
     "lumina-mgpt-7B": dict(dim=4096, n_layers=32, n_heads=32, ffn_dim=11008, vocab_size=65536, qk_norm=True),
+    "lumina-mgpt2-7B": dict(  # trained from scratch, same shape; image ids 155000..171383
+        dim=4096, n_layers=32, n_heads=32, ffn_dim=11008, vocab_size=171385, qk_norm=True,
+    ),
     "lumina-mgpt-34B": dict(
         dim=8192, n_layers=48, n_heads=64, n_kv_heads=8, ffn_dim=22016, vocab_size=65536,
         qk_norm=True, norm_placement="post",
