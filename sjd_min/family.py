@@ -43,6 +43,7 @@ FAMILIES = {
     "lumina_mgpt": "sjd_min.models.lumina_mgpt",
     "lumina_mgpt2": "sjd_min.models.lumina_mgpt2",
     "emu3": "sjd_min.models.emu3",
+    "janus_pro": "sjd_min.models.janus_pro",
 }
 
 

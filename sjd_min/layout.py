@@ -81,10 +81,11 @@ class ImageLayout:
 
 
 def prefill_prompts(params: T.Params, config: T.Config, rows: list[list[int]], pad: int, n_tokens: int,
-                    device=None) -> Prefix:
+                    device=None, embed: Tensor | None = None) -> Prefix:
     """Left-pad token prompts to one length (mask; positions = cumsum(mask) - 1) and prefill them
     into a cache with room for `n_tokens` output tokens and a Jacobi window of up to WINDOW_MARGIN
-    (rounded up to a multiple of CACHE_BUCKET)."""
+    (rounded up to a multiple of CACHE_BUCKET). `embed`: the prompt ids' own table where it is not the
+    transformer's (Janus-Pro: text ids; the transformer's table holds the image tokens)."""
     if not rows or any(len(r) == 0 for r in rows):
         raise ValueError("every prompt row needs at least one token")
     length = max(len(r) for r in rows)
@@ -96,4 +97,5 @@ def prefill_prompts(params: T.Params, config: T.Config, rows: list[list[int]], p
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
     capacity = -(-(length + n_tokens + WINDOW_MARGIN) // CACHE_BUCKET) * CACHE_BUCKET
-    return Prefix(*T.prefill(params, config, ids, positions, capacity, mask))
+    x = embed[ids] if embed is not None else ids  # b t (d)
+    return Prefix(*T.prefill(params, config, x, positions, capacity, mask))
