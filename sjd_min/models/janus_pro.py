@@ -143,8 +143,10 @@ def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dt
     if not tok_path.is_file():
         raise WeightsError(f"{folder} lacks {tok_path.name}; convert the weights again")
     size = config_field(config, "image_size", int, folder, DEFAULTS.size)
+    trunk = params["transformer"]  # the converter keeps the tabulated code embedding in float32: run it
+    trunk["embed"] = trunk["embed"].to(trunk["norm"].dtype)  # in the trunk's dtype (bf16 on a GPU)
     return JanusPro(
-        params=params["transformer"], config=configs["transformer"], text_embed=params["text"]["embed"],
+        params=trunk, config=configs["transformer"], text_embed=params["text"]["embed"],
         vq_params=params["vq"], vq_config=configs["vq"], ids=configs["ids"],
         tokenizer=Tokenizer.from_file(str(tok_path)), defaults=DEFAULTS.replace(size=size),
         device=torch.device(device),
