@@ -1,53 +1,33 @@
-"""Convert Emu3-Gen and its vision tokenizer into an sjd_min weights folder.
+"""Emu3-Gen, its vision tokenizer and its text tokenizer -> an sjd_min weights folder.
 
     python -m convert.emu3 --model PATH/Emu3-Gen --vq PATH/Emu3-VisionTokenizer --out weights/emu3-gen
     python -m convert.emu3 --model PATH/Emu3-Gen-hf --out weights/emu3-gen   # the -hf repos hold the VQ too
 
-Inputs (read only, never modified):
+``--model`` is the LLM in either layout: the original ``BAAI/Emu3-Gen`` (``model_type: Emu3``,
+Hugging Face Llama names, the tokenizer as ``emu3.tiktoken`` + ``emu3_vision_tokens.txt``; a bare
+transformers ``Emu3ForCausalLM`` reads the same), or transformers' ``*-hf`` conversion
+(``text_config`` / ``vq_config`` / ``vocabulary_map``, keys under ``[model.]text_model.`` and
+``[model.]vqmodel.``). ``--vq`` is ``BAAI/Emu3-VisionTokenizer`` (``model_type: Emu3VisionVQ``),
+not needed where the model folder holds the VQ; ``--tokenizer`` where the tokenizer files are.
 
-* ``--model``: the generation LLM, in either layout
-  - original ``BAAI/Emu3-Gen`` (custom code): ``config.json`` with ``model_type: Emu3`` and the
-    special ids, ``model.safetensors`` or shards + ``model.safetensors.index.json`` (fp32), keys
-    ``model.layers.N.self_attn.q_proj.weight`` ..., ``lm_head.weight``; the text tokenizer as
-    ``emu3.tiktoken`` + ``emu3_vision_tokens.txt``;
-  - transformers-converted ``*-hf`` (``Emu3ForConditionalGeneration``): ``config.json`` with
-    ``text_config`` / ``vq_config`` / ``vocabulary_map``, keys under ``text_model.`` /
-    ``model.text_model.`` and ``vqmodel.`` / ``model.vqmodel.``, a ``tokenizer.json``. A bare
-    transformers ``Emu3ForCausalLM`` (``model.`` keys, ``rope_parameters``) reads like the original.
-* ``--vq``: ``BAAI/Emu3-VisionTokenizer`` (``model.safetensors`` + ``config.json``, ``model_type:
-  Emu3VisionVQ``); not needed when the model folder holds ``vqmodel`` weights.
-* ``--tokenizer``: where the tokenizer files are, if not in the model folder.
-
-Output (``sjd_min.checkpoint.write_folder``, atomic): ``config.json`` (``family: emu3``, the
-transformer Config, the VQ config, the special ids and the visual token offset, the default image
-area), ``transformer.safetensors`` (``--dtype``, default bfloat16 as upstream runs it),
-``vq.safetensors`` (float32, BatchNorm running statistics kept, ``num_batches_tracked`` dropped) and
+Output: ``config.json`` (``family: emu3``, the transformer and VQ configs, the special ids, the
+visual token offset, the default image area), ``transformer.safetensors`` (``--dtype``, default
+bfloat16 as upstream runs it), ``vq.safetensors`` (float32, BatchNorm running statistics kept) and
 ``tokenizer.json``.
 
-Tokenizer. Emu3 ships tiktoken files, which the converter turns into an equivalent byte-level BPE
-for the ``tokenizers`` library (written as tokenizer.json):
-  1. ``emu3.tiktoken`` lines are ``base64(token bytes) rank``; ranks must be 0..n-1;
-  2. each token's bytes become a string through the GPT-2 byte-to-unicode table (the alphabet of
-     byte-level BPE), and its rank becomes its id;
-  3. merges: every split of a token into two pieces that are both tokens, ordered by the rank of
-     the merged token (then of the pieces). tiktoken merges, in each pre-token, the adjacent pair
-     whose concatenation has the lowest rank; BPE merges the pair that comes first in the merge
-     list, so this order reproduces it. Like tiktoken, a pre-token that is itself a token is
-     taken whole (``ignore_merges``);
-  4. pre-tokenisation: upstream's regular expression (the Qwen pattern: letters, single digits,
-     punctuation runs, newlines, spaces) with the matches kept, then the byte-to-unicode map;
-     NFC normalisation first, as upstream's tokenizer does;
-  5. special tokens, in upstream's order from id n on: ``<|endoftext|>``, ``<|im_start|>``,
-     ``<|im_end|>``, ``<|extra_0|>`` .. ``<|extra_204|>``, then the lines of
-     ``emu3_vision_tokens.txt`` (``<|image token|>``, ``<|image start|>``, ``<|image end|>``, the
-     visual tokens ``<|visual token 000000|>`` ...). For the release n = 151643, so bos
-     (``<|extra_203|>``) is 151849 and visual token 0 is 151854.
-A *-hf repo's config.json carries the same vocabulary as ``vocabulary_map`` (byte-level spellings
-and ids); the converter rebuilds the tokenizer from it the same way, because the tokenizer.json of
-transformers' conversion pre-tokenizes like GPT-2 (digit runs kept together, where upstream splits
-every digit, e.g. in the "90*90" size text). Only where neither exists is a tokenizer.json used as
-shipped.
-The special ids in config.json are checked against the tokenizer; every visual token k must be
+Tokenizer. Emu3 ships tiktoken files; the converter writes an equivalent byte-level BPE for the
+``tokenizers`` library: each token's bytes spelled through GPT-2's byte-to-unicode table, its rank
+as its id; as merges, every split of a token into two tokens, ordered by the merged token's rank
+(tiktoken merges the adjacent pair whose concatenation ranks lowest; BPE the pair first in its
+merge list, so this order reproduces it), and a pre-token that is itself a token taken whole
+(``ignore_merges``), as tiktoken does; upstream's pre-tokenizing expression (the Qwen pattern,
+single digits) after NFC; then the special tokens in upstream's order from id n on:
+``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>``, ``<|extra_0|>`` .. ``<|extra_204|>``, the lines
+of ``emu3_vision_tokens.txt`` (for the release n = 151643: bos ``<|extra_203|>`` is 151849, visual
+token 0 is 151854). A ``*-hf`` config's ``vocabulary_map`` holds the same vocabulary and is rebuilt
+the same way, because transformers' ``tokenizer.json`` pre-tokenizes like GPT-2 (digit runs kept
+together, e.g. in the "90*90" size text); only where neither exists is a ``tokenizer.json`` used as
+shipped. The special ids in config.json are checked against the tokenizer; visual token k must be
 offset + k.
 """
 
@@ -62,13 +42,10 @@ from pathlib import Path
 
 import torch
 
-if __package__ in (None, ""):  # run as `python convert/emu3.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from convert.layouts import TAMING_VQ, VQ_PREFIX, convert_llama, llama_config, taming_key
 from convert.toolkit import DTYPES, command, convert_state, hf_state, layout, run, upstream_key
 from sjd_min import transformer as T
-from sjd_min.checkpoint import WeightsError, flatten, read_json
+from sjd_min.checkpoint import WeightsError, read_json
 from sjd_min.vq import emu3 as V
 
 SPLIT_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
@@ -86,6 +63,8 @@ EMU3_VQ = {  # taming's names, plus causal-conv wrappers, temporal layers and Sp
     "norm1.norm_layer": "norm1.norm", "norm2.norm_layer": "norm2.norm", "norm.norm_layer": "norm.norm",
     "norm_out.norm_layer": "norm_out.norm", "running_mean": "mean", "running_var": "var",
 }
+HF_VQ_FIELDS = dict(double_latent="double_z", latent_channels="z_channels", base_channels="ch",
+                    channel_multiplier="ch_mult")  # a *-hf vq_config's names -> the original's
 HF_EMU3_VQ = {  # transformers' Emu3VQVAE names -> the original release's (applied after EMU3_VQ)
     "encoder.down_block.down": "encoder.down", "decoder.up_block.up": "decoder.up",
     "middle_block.attn_norm": "mid.attn_1.norm", "middle_block": "mid", "attn_norms.{}": "attn.{}.norm",
@@ -129,26 +108,20 @@ def convert_llm(folder: str | Path, dtype: torch.dtype | None = None) -> tuple[T
 
 def vq_config(config: dict, hf: bool) -> V.Emu3VQConfig:
     """Our VQ config from the original Emu3VisionVQ config.json or a *-hf repo's vq_config."""
-    get = (lambda hf_name, name, default=None: config.get(hf_name, config.get(name, default))) if hf else \
-        (lambda hf_name, name, default=None: config.get(name, default))
-    if get("double_latent", "double_z", False):
-        raise WeightsError("double_z VQ models are not supported (Emu3's tokenizer has double_z false)")
-    if get("in_channels", "in_channels", 3) != 3 or get("out_channels", "out_channels", 3) != 3:
-        raise WeightsError("only RGB vision tokenizers (in/out channels 3) are supported")
-    if hf and config.get("num_attention_heads", 1) != 1:
-        raise WeightsError("the vision tokenizer's attention must have one head, as in the original")
+    c = {HF_VQ_FIELDS.get(k, k) if hf else k: v for k, v in config.items()}
+    odd = {k: c[k] for k, ok in (("double_z", False), ("in_channels", 3), ("out_channels", 3),
+                                 ("num_attention_heads", 1)) if c.get(k, ok) != ok}
+    if odd:
+        raise WeightsError(f"vision tokenizer options {odd} are not supported (Emu3's: RGB, no double_z, one head)")
     try:
-        ch_mult = tuple(get("channel_multiplier", "ch_mult", (1, 2, 2, 4)))
         return V.Emu3VQConfig(
-            codebook_size=config["codebook_size"], embed_dim=config["embed_dim"],
-            z_channels=get("latent_channels", "z_channels", config["embed_dim"]),
-            ch=get("base_channels", "ch", 256), ch_mult=ch_mult, num_res_blocks=get("num_res_blocks", "num_res_blocks", 2),
-            attn_levels=tuple(get("attn_resolutions", "attn_resolutions", (3,))), mid_attn=True, l2_norm=False,
-            temporal_factor=get("temporal_downsample_factor", "temporal_downsample_factor", 4),
-        )
+            codebook_size=c["codebook_size"], embed_dim=c["embed_dim"], z_channels=c.get("z_channels", c["embed_dim"]),
+            ch=c.get("ch", 256), ch_mult=tuple(c.get("ch_mult", (1, 2, 2, 4))), num_res_blocks=c.get("num_res_blocks", 2),
+            attn_levels=tuple(c.get("attn_resolutions", (3,))), mid_attn=True, l2_norm=False,
+            temporal_factor=c.get("temporal_downsample_factor", 4))
     except KeyError as e:
         raise WeightsError(f"the vision tokenizer config lacks the field {e}") from e
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         raise WeightsError(f"the vision tokenizer config is not usable: {e}") from e
 
 
@@ -183,15 +156,9 @@ def convert_vq(folder: str | Path) -> tuple[V.Emu3VQConfig, dict]:
 
 def byte_alphabet() -> dict[int, str]:
     """GPT-2's byte -> printable character table used by byte-level BPE."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    table, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(others)}}
 
 
 def read_tiktoken(ranks_file: Path, specials_file: Path) -> tuple[dict[bytes, int], list[str]]:
@@ -317,10 +284,6 @@ def special_ids(tok, config_ids: dict, codebook_size: int, vocab_size: int) -> d
 
 
 
-def _jsonable(cfg) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
-
-
 def build(model: Path, vq: Path | None, tokenizer: Path | None, dtype: torch.dtype | None):
     """(config.json, tensors, extra files, summary lines) for the parsed arguments; writes nothing."""
     for p in (model, vq, tokenizer):
@@ -333,16 +296,13 @@ def build(model: Path, vq: Path | None, tokenizer: Path | None, dtype: torch.dty
     vq_cfg, vq_params = convert_vq(vq or model)
     tok, tok_source = load_tokenizer(tokenizer or model, model_config)
     ids = special_ids(tok, info["ids"], vq_cfg.codebook_size, cfg.vocab_size)
-    config = dict(family="emu3", transformer=_jsonable(cfg), vq=_jsonable(vq_cfg), ids=ids,
+    config = dict(family="emu3", transformer=dataclasses.asdict(cfg), vq=dataclasses.asdict(vq_cfg), ids=ids,
                   image_area=int(info["image_area"]), max_positions=int(info["max_positions"]),
                   source=dict(layout=info["layout"], tokenizer=tok_source))
-    n_llm, n_vq = (sum(t.numel() for t in flatten(tree).values()) for tree in (params, vq_params))
     side = round(math.sqrt(info["image_area"]))
-    lines = [f"transformer: {n_llm / 1e6:.1f}M parameters ({info['layout']} layout, "
-             f"{next(iter(flatten(params).values())).dtype}), {cfg.n_layers} layers, dim {cfg.dim}, {cfg.n_heads} "
-             f"heads / {cfg.kv_heads} kv, vocab {cfg.vocab_size}, rope theta {cfg.rope_theta:g}",
-             f"vision tokenizer: {n_vq / 1e6:.1f}M parameters, codebook {vq_cfg.codebook_size} x {vq_cfg.embed_dim}, "
-             f"{vq_cfg.factor}x spatial, {vq_cfg.temporal_factor}x temporal",
+    lines = [f"transformer: {info['layout']} layout, {cfg.n_layers} layers, dim {cfg.dim}, {cfg.n_heads} heads / "
+             f"{cfg.kv_heads} kv, vocab {cfg.vocab_size}, rope theta {cfg.rope_theta:g}; vision tokenizer: codebook "
+             f"{vq_cfg.codebook_size} x {vq_cfg.embed_dim}, {vq_cfg.factor}x spatial, {vq_cfg.temporal_factor}x temporal",
              f"tokenizer from {tok_source}; ids {ids}; default image {side}x{side}"]
     return config, {"transformer": params, "vq": vq_params}, {"tokenizer.json": tok.to_str().encode("utf-8")}, lines
 

@@ -1,19 +1,17 @@
 """LlamaGen release files -> one weights folder in the project's format.
 
     # class-conditional (ImageNet): a GPT and the VQ-16 tokenizer
-    python convert/llamagen.py --gpt c2i_L_384.pt --vq vq_ds16_c2i.pt --out weights/llamagen-c2i-L-384
+    python -m convert.llamagen --gpt c2i_L_384.pt --vq vq_ds16_c2i.pt --out weights/llamagen-c2i-L-384
     # text-conditional: also the flan-t5-xl encoder (a Hugging Face folder), so the folder is self-contained
-    python convert/llamagen.py --gpt t2i_XL_stage2_512.pt --vq vq_ds16_t2i.pt --t5 flan-t5-xl \\
+    python -m convert.llamagen --gpt t2i_XL_stage2_512.pt --vq vq_ds16_t2i.pt --t5 flan-t5-xl \\
         --out weights/llamagen-t2i-XL-512
 
-The released files are read as they are (``{"model": ...}``, ``{"module": ...}``, ``{"state_dict":
-...}`` or a raw state dict), with ``torch.load(weights_only=True)``; nothing is written next to
-them. The size preset and the condition type come from tensor shapes. What shapes cannot tell
-comes, in this order, from `--gpt-config` (the upstream ``ModelArgs`` as JSON), a ``freqs_cis``
-tensor if the file has one, `--image-size`, or the file name's training size (``c2i_B_256.pt``,
-``t2i_XL_stage2_512.pt``: the released GPTs were trained on VQ-16 codes): the image grid, and for
-non-preset sizes the number of heads. Every key is checked (missing, unexpected, wrong shape) and
-all problems are reported in one error; the folder is written atomically, only when all is well.
+The released files are read as they are (``{"model": ...}`` or a raw state dict, ``weights_only``).
+Sizes and the condition type come from tensor shapes; an upstream ``ModelArgs`` JSON
+(`--gpt-config`, `--vq-config`) that contradicts them is refused. What shapes cannot tell comes,
+in this order, from `--gpt-config`, a ``freqs_cis`` tensor if the file has one, `--image-size`, or
+the file name's training size (``c2i_B_256.pt``: the released GPTs were trained on VQ-16 codes):
+the image grid, and for non-preset sizes the number of heads.
 
 Output: ``config.json`` (``"family": "llamagen"``, ``"task"``, ``"transformer"``: the
 ``sjd_min.transformer.Config`` fields, ``"vq"``: the ``VQConfig`` fields, ``"grid"``,
@@ -23,6 +21,7 @@ Output: ``config.json`` (``"family": "llamagen"``, ``"task"``, ``"transformer"``
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import sys
@@ -30,16 +29,12 @@ from pathlib import Path
 
 from torch import Tensor
 
-if __package__ in (None, ""):  # run as `python convert/llamagen.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from convert.toolkit import (DTYPES, command, convert_state, layout, read_json_arg, refuse_contradictions, run,
                              torch_state, upstream_key)
 from sjd_min import transformer as T
-from sjd_min.checkpoint import WeightsError, cast, flatten, from_hub
+from sjd_min.checkpoint import WeightsError, cast, from_hub
 from sjd_min.vq import vqgan
 
-T5_MAX_LENGTH = 120  # LlamaGen's caption length (CaptionEmbedder token_num, t5_feature_max_len)
 T5_TOKENIZER = "t5_tokenizer.json"
 HUB_REPOS = [  # release file name pattern -> Hugging Face repo
     (re.compile(r"c2i_\w+\.pt|vq_ds(8|16)_c2i\.pt"), "FoundationVision/LlamaGen"),
@@ -88,68 +83,49 @@ def _indices(sd: dict, pattern: str) -> list[int]:
 # ----------------------------------------------------------------------------- the GPT
 
 
-def _grid_of(block_size: int, source: str) -> int:
-    g = math.isqrt(block_size)
-    if g * g != block_size or g < 1:
-        raise WeightsError(f"{source} gives {block_size} image tokens, not a square grid")
-    return g
-
-
 def infer_gpt(sd: dict[str, Tensor], name: str, upstream: dict | None = None, image_size: int | None = None,
               vq_factor: int | None = None) -> tuple[T.Config, str, str | None, str]:
-    """(Config, task "c2i"/"t2i", preset name or None, where the grid came from). Whatever the tensors
-    show wins; an upstream config (--gpt-config) that contradicts them is refused."""
+    """(Config, task "c2i"/"t2i", preset name or None, where the grid came from)."""
     up = upstream or {}
     if "tok_embeddings.weight" not in sd:
         hint = " It looks like a VQ tokenizer: pass it as --vq." if "quantize.embedding.weight" in sd else ""
         raise WeightsError(f"{name} is not a LlamaGen GPT checkpoint: it has no tok_embeddings.weight (keys: "
                            f"{', '.join(list(sd)[:5])}, ...).{hint}")
-    vocab, dim = sd["tok_embeddings.weight"].shape
-    layers = _indices(sd, r"layers\.(\d+)\.")
-    n_layers = (layers[-1] + 1) if layers else up.get("n_layer", 0)
-    table, fc1, null = (sd.get(f"cls_embedding.{k}") for k in ("embedding_table.weight", "cap_proj.fc1.weight",
-                                                                 "uncond_embedding"))
-    if table is not None:
-        task, cond_len = "c2i", 1  # a class embedding gives one condition token
-    elif fc1 is not None or null is not None:
-        task, cond_len = "t2i", null.shape[0] if null is not None else up.get("cls_token_num") or T5_MAX_LENGTH
-    else:
+    table, fc1, null, freqs = (sd.get(k) for k in ("cls_embedding.embedding_table.weight",
+                                                    "cls_embedding.cap_proj.fc1.weight", "cls_embedding.uncond_embedding",
+                                                    "freqs_cis"))
+    if table is None and fc1 is None and null is None:
         raise WeightsError(f"{name} has neither a class embedding (cls_embedding.embedding_table) nor a caption "
                            f"projection (cls_embedding.cap_proj): not a LlamaGen c2i / t2i GPT")
-    found = dict(model_type=task, dim=dim, vocab_size=vocab, cls_token_num=cond_len)
-    found.update({"n_layer": n_layers} if layers else {})
-    found.update({"num_classes": table.shape[0] - 1} if table is not None else {})
-    found.update({"caption_dim": fc1.shape[1]} if fc1 is not None else {})
-    freqs = sd.get("freqs_cis")  # (cond_len + grid^2, head_dim / 2, 2) where a file carries it
-    if freqs is not None:
+    vocab, dim = sd["tok_embeddings.weight"].shape
+    layers = _indices(sd, r"layers\.(\d+)\.")
+    n_layers = layers[-1] + 1 if layers else up.get("n_layer", 0)
+    task = "c2i" if table is not None else "t2i"  # a class embedding gives one condition token
+    cond_len = 1 if table is not None else null.shape[0] if null is not None else up.get("cls_token_num") or 120
+    found = dict(model_type=task, dim=dim, vocab_size=vocab, cls_token_num=cond_len,
+                 n_layer=n_layers if layers else None, num_classes=table.shape[0] - 1 if table is not None else None,
+                 caption_dim=fc1.shape[1] if fc1 is not None else None)
+    if freqs is not None:  # (cond_len + grid^2, head_dim / 2, 2)
         found.update(n_head=dim // (2 * freqs.shape[1]), block_size=freqs.shape[0] - cond_len)
     refuse_contradictions("--gpt-config", up, found, name)
-    presets = {k: v for k, v in T.PRESETS.items() if k.startswith("llamagen-")}
-    n_heads = up.get("n_head") or found.get("n_head")
-    if n_heads is None:
-        match = [v["n_heads"] for v in presets.values() if (v["dim"], v["n_layers"]) == (dim, n_layers)]
-        if not match:
-            raise WeightsError(f"{name}: a {n_layers}-layer GPT of width {dim} matches no LlamaGen preset "
-                               f"({', '.join(presets)}), so its head count is unknown: pass --gpt-config with the "
-                               f"upstream ModelArgs as JSON (n_head, block_size, ...)")
-        n_heads = match[0]
-    if dim % n_heads:
-        raise WeightsError(f"{name}: width {dim} is not a multiple of {n_heads} heads")
-    head_dim = dim // n_heads
-    n_kv = n_heads
-    wqkv = sd.get("layers.0.attention.wqkv.weight")
-    if wqkv is not None and wqkv.shape[0] % head_dim == 0:  # rows = (n_heads + 2 * n_kv) * head_dim
-        extra = wqkv.shape[0] // head_dim - n_heads
-        if extra > 0 and extra % 2 == 0 and n_heads % (extra // 2) == 0:
-            n_kv = extra // 2
-            refuse_contradictions("--gpt-config", up, {"n_kv_head": n_kv}, name)
-    w1 = sd.get("layers.0.feed_forward.w1.weight")
-    ffn = w1.shape[0] if w1 is not None else T.llamagen_ffn(dim)
-
-    if "block_size" in up or freqs is not None:
+    presets = {k: v for k, v in T.PRESETS.items() if k.startswith("llamagen-") and v["dim"] == dim
+               and v["n_layers"] == n_layers}
+    n_heads = up.get("n_head") or found.get("n_head") or next((v["n_heads"] for v in presets.values()), None)
+    if n_heads is None or dim % n_heads:
+        raise WeightsError(f"{name}: a {n_layers}-layer GPT of width {dim} matches no LlamaGen preset, so its head "
+                           f"count is unknown: pass --gpt-config with the upstream ModelArgs as JSON (n_head, ...)")
+    wqkv = sd.get("layers.0.attention.wqkv.weight")  # rows: (n_heads + 2 * n_kv) * head_dim
+    n_kv = (wqkv.shape[0] * n_heads // dim - n_heads) // 2 if wqkv is not None else n_heads
+    n_kv = n_kv if n_kv > 0 and n_heads % n_kv == 0 else n_heads  # else the key check names the odd shape
+    refuse_contradictions("--gpt-config", up, {"n_kv_head": n_kv}, name)
+    ffn = sd["layers.0.feed_forward.w1.weight"].shape[0] if "layers.0.feed_forward.w1.weight" in sd \
+        else T.llamagen_ffn(dim)
+    if up.get("block_size") or freqs is not None:
         block = up.get("block_size") or found["block_size"]
-        source = "--gpt-config block_size" if "block_size" in up else "the freqs_cis tensor"
-        grid = _grid_of(block, source)
+        source = "--gpt-config block_size" if up.get("block_size") else "the freqs_cis tensor"
+        if math.isqrt(block) ** 2 != block:
+            raise WeightsError(f"{source} gives {block} image tokens, not a square grid")
+        grid = math.isqrt(block)
     elif image_size is not None:
         factor = vq_factor or 16
         if image_size % factor:
@@ -164,12 +140,10 @@ def infer_gpt(sd: dict[str, Tensor], name: str, upstream: dict | None = None, im
         vocab_size=vocab, dim=dim, n_layers=n_layers, n_heads=n_heads, ffn_dim=ffn,
         n_kv_heads=None if n_kv == n_heads else n_kv, norm_eps=up.get("norm_eps", 1e-5),
         rope_theta=float(up.get("rope_base", 10000.0)), rope="2d", rope_interleaved=True, rope_grid=grid,
-        cond_len=cond_len, cond="class" if task == "c2i" else "caption",
-        num_classes=found.get("num_classes", 0),
-        caption_dim=found.get("caption_dim", up.get("caption_dim", 0) if task == "t2i" else 0),
+        cond_len=cond_len, cond="class" if task == "c2i" else "caption", num_classes=found["num_classes"] or 0,
+        caption_dim=found["caption_dim"] or (up.get("caption_dim", 0) if task == "t2i" else 0),
     )
-    preset = next((k for k, v in presets.items()
-                   if (v["dim"], v["n_layers"], v["n_heads"], v["ffn_dim"]) == (dim, n_layers, n_heads, ffn)), None)
+    preset = next((k for k, v in presets.items() if (v["n_heads"], v["ffn_dim"]) == (n_heads, ffn)), None)
     return config, task, preset, source
 
 
@@ -190,34 +164,25 @@ def infer_vq(sd: dict[str, Tensor], name: str, upstream: dict | None = None) -> 
         hint = " It looks like a GPT: pass it as --gpt." if "tok_embeddings.weight" in sd else ""
         raise WeightsError(f"{name} is not a LlamaGen VQ checkpoint: it lacks quantize.embedding.weight / "
                            f"post_quant_conv.weight.{hint}")
-    if up.get("encoder_ch_mult", up.get("decoder_ch_mult")) != up.get("decoder_ch_mult", up.get("encoder_ch_mult")):
-        raise WeightsError(f"{name}: encoder and decoder ch_mult differ; sjd_min's VQ needs them equal")
-    k, e = sd["quantize.embedding.weight"].shape
-    z = sd["post_quant_conv.weight"].shape[0]
-    dec = _indices(sd, r"decoder\.conv_blocks\.(\d+)\.")
-    if not dec:
+    (k, e), z = sd["quantize.embedding.weight"].shape, sd["post_quant_conv.weight"].shape[0]
+    n_levels = len(_indices(sd, r"decoder\.conv_blocks\.(\d+)\."))
+    if not n_levels:
         raise WeightsError(f"{name} has no decoder.conv_blocks: not a LlamaGen VQ checkpoint")
-    n_levels = dec[-1] + 1
-    enc = _indices(sd, r"encoder\.conv_blocks\.(\d+)\.")
-    has_encoder = any(key.startswith("encoder.") for key in sd)
-    if has_encoder and enc and enc[-1] + 1 != n_levels:
-        raise WeightsError(f"{name}: encoder has {enc[-1] + 1} levels, decoder {n_levels}; sjd_min's VQ needs "
-                           f"them equal")
-    widths = []  # highest resolution first, as ch_mult
-    for i in range(n_levels):
-        w = sd.get(f"decoder.conv_blocks.{n_levels - 1 - i}.res.0.conv1.weight")
-        if w is None:
-            raise WeightsError(f"{name} lacks decoder.conv_blocks.{n_levels - 1 - i}.res.0.conv1.weight")
-        widths.append(w.shape[0])
+    try:  # decoder levels run lowest resolution first; ch_mult highest first
+        widths = [sd[f"decoder.conv_blocks.{i}.res.0.conv1.weight"].shape[0] for i in reversed(range(n_levels))]
+    except KeyError as err:
+        raise WeightsError(f"{name} lacks {err}: not a LlamaGen VQ checkpoint") from err
     conv_in = sd.get("encoder.conv_in.weight")
     ch = conv_in.shape[0] if conv_in is not None else up.get("ch") or min(widths)
     if any(w % ch for w in widths):
-        raise WeightsError(f"{name}: level widths {widths} are not multiples of the base width {ch}")
-    n_res = len(_indices(sd, r"decoder\.conv_blocks\.0\.res\.(\d+)\.")) - 1
-    attn = tuple(i for i in range(n_levels) if f"decoder.conv_blocks.{n_levels - 1 - i}.attn.0.q.weight" in sd)
+        raise WeightsError(f"{name}: decoder level widths {widths} are not multiples of a base width {ch}")
     ch_mult = [w // ch for w in widths]
-    refuse_contradictions("--vq-config", up, dict(codebook_size=k, codebook_embed_dim=e, z_channels=z, ch=ch,
-                                                  decoder_ch_mult=ch_mult, num_res_blocks=n_res), name)
+    has_encoder = any(key.startswith("encoder.") for key in sd)
+    n_res = len(_indices(sd, r"decoder\.conv_blocks\.0\.res\.(\d+)\.")) - 1  # the decoder has one more
+    refuse_contradictions("--vq-config", up, dict(
+        codebook_size=k, codebook_embed_dim=e, z_channels=z, ch=ch,
+        num_res_blocks=n_res, decoder_ch_mult=ch_mult, encoder_ch_mult=ch_mult if has_encoder else None), name)
+    attn = tuple(i for i in range(n_levels) if f"decoder.conv_blocks.{n_levels - 1 - i}.attn.0.q.weight" in sd)
     config = vqgan.VQConfig(
         codebook_size=k, embed_dim=e, z_channels=z, ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=n_res,
         attn_levels=attn, mid_attn="decoder.mid.1.q.weight" in sd, l2_norm=bool(up.get("codebook_l2_norm", True)),
@@ -233,10 +198,6 @@ def convert_vq(sd: dict[str, Tensor], config: vqgan.VQConfig, encoder: bool, nam
 # ----------------------------------------------------------------------------- the command
 
 
-def _count(tree) -> int:
-    return sum(v.numel() for v in flatten(tree).values())
-
-
 def build(args) -> tuple[dict, dict, dict, list[str]]:
     """(config.json, tensors, extra files, summary lines) for the parsed arguments; writes nothing."""
     if not (args.gpt or args.vq):
@@ -245,59 +206,47 @@ def build(args) -> tuple[dict, dict, dict, list[str]]:
         raise WeightsError("--t5 needs the text-to-image GPT (--gpt t2i_*.pt)")
     dtype = DTYPES[args.dtype]
     config: dict = {"family": "llamagen", "sources": {}}
-    tensors, extra, lines = {}, {}, []
-    vq_factor = None
+    tensors, extra, lines, vq = {}, {}, [], None
     if args.vq:
         path = resolve_file(args.vq)
         sd = torch_state(path)
-        vq_config, has_encoder = infer_vq(sd, path.name, read_json_arg(args.vq_config))
-        tensors["vq"] = convert_vq(sd, vq_config, has_encoder, path.name)
-        vq_factor = vq_config.factor
-        config["vq"] = {**vq_config.__dict__, "ch_mult": list(vq_config.ch_mult),
-                        "attn_levels": list(vq_config.attn_levels)}
-        config["sources"]["vq"] = path.name
-        lines.append(f"vq.safetensors: {path.name}, codebook {vq_config.codebook_size} x {vq_config.embed_dim}, "
-                     f"ch {vq_config.ch} x {list(vq_config.ch_mult)} (factor {vq_factor}), "
-                     f"{'encoder + ' if has_encoder else ''}decoder, {_count(tensors['vq']) / 1e6:.1f}M parameters")
+        vq, has_encoder = infer_vq(sd, path.name, read_json_arg(args.vq_config))
+        tensors["vq"] = convert_vq(sd, vq, has_encoder, path.name)
+        config.update(vq=dataclasses.asdict(vq), sources={"vq": path.name})
+        lines.append(f"VQ {path.name}: codebook {vq.codebook_size} x {vq.embed_dim}, ch {vq.ch} x {list(vq.ch_mult)} "
+                     f"(factor {vq.factor}), {'encoder + ' if has_encoder else ''}decoder")
     if args.gpt:
         path = resolve_file(args.gpt)
         sd = torch_state(path)
-        gpt_config, task, preset, source = infer_gpt(sd, path.name, read_json_arg(args.gpt_config), args.image_size,
-                                                     vq_factor)
+        gpt, task, preset, source = infer_gpt(sd, path.name, read_json_arg(args.gpt_config), args.image_size,
+                                              vq and vq.factor)
         if args.t5 and task != "t2i":
             raise WeightsError("--t5 is for text-to-image GPTs; this one is class-conditional")
-        params = convert_gpt(sd, gpt_config, path.name)
-        params = cast(params, dtype) if dtype is not None else params
-        if "vq" in config and gpt_config.vocab_size != config["vq"]["codebook_size"]:
-            raise WeightsError(f"{path.name} predicts {gpt_config.vocab_size} ids but the VQ codebook has "
-                               f"{config['vq']['codebook_size']} codes: they do not belong together")
-        tensors["transformer"] = params
-        grid = gpt_config.rope_grid
-        config.update(task=task, preset=preset, grid=grid, transformer=gpt_config.__dict__)
-        if vq_factor is not None:
-            config["image_size"] = grid * vq_factor
+        if vq and gpt.vocab_size != vq.codebook_size:
+            raise WeightsError(f"{path.name} predicts {gpt.vocab_size} ids but the VQ codebook has "
+                               f"{vq.codebook_size} codes: they do not belong together")
+        params = convert_gpt(sd, gpt, path.name)
+        tensors["transformer"] = cast(params, dtype) if dtype is not None else params
+        grid = gpt.rope_grid
+        config.update(task=task, preset=preset, grid=grid, transformer=dataclasses.asdict(gpt))
         config["sources"]["gpt"] = path.name
-        lines.append(f"transformer.safetensors: {path.name}, {task}, {preset or 'custom size'} (dim "
-                     f"{gpt_config.dim}, {gpt_config.n_layers} layers, {gpt_config.n_heads} heads), "
-                     f"{_count(params) / 1e6:.1f}M parameters, grid {grid}x{grid} from {source}"
-                     + (f" -> {grid * vq_factor} px" if vq_factor else ""))
-        if vq_factor not in (None, 16) and source.startswith("the file name"):
-            lines.append(f"note: the released GPTs were trained on VQ-16 codes; with this VQ-{vq_factor} tokenizer "
-                         f"the {grid}x{grid} grid decodes to {grid * vq_factor} px, not what the GPT learned")
+        lines.append(f"GPT {path.name}: {task}, {preset or 'custom size'} (dim {gpt.dim}, {gpt.n_layers} layers, "
+                     f"{gpt.n_heads} heads), grid {grid}x{grid} from {source}" + (f" -> {grid * vq.factor} px" if vq else ""))
+        if vq:
+            config["image_size"] = grid * vq.factor
+            if vq.factor != 16 and source.startswith("the file name"):
+                lines.append(f"note: the released GPTs were trained on VQ-16 codes; with this VQ-{vq.factor} "
+                             f"tokenizer the {grid}x{grid} grid decodes to {grid * vq.factor} px, not what the GPT learned")
         if args.t5:
             from convert.t5 import load_t5
 
-            t5_config, t5_params, tok = load_t5(args.t5, dtype)
-            if t5_config.dim != gpt_config.caption_dim:
-                raise WeightsError(f"the T5 encoder gives {t5_config.dim}-d features; the GPT expects "
-                                   f"{gpt_config.caption_dim}-d (LlamaGen uses flan-t5-xl, 2048)")
-            tensors["t5"] = t5_params
-            extra[T5_TOKENIZER] = tok
-            config.update(t5=t5_config.__dict__, t5_max_length=gpt_config.cond_len, t5_tokenizer=T5_TOKENIZER)
+            t5, tensors["t5"], extra[T5_TOKENIZER] = load_t5(args.t5, dtype)
+            if t5.dim != gpt.caption_dim:
+                raise WeightsError(f"the T5 encoder gives {t5.dim}-d features; the GPT expects {gpt.caption_dim}-d "
+                                   f"(LlamaGen uses flan-t5-xl, 2048)")
+            config.update(t5=dataclasses.asdict(t5), t5_max_length=gpt.cond_len, t5_tokenizer=T5_TOKENIZER)
             config["sources"]["t5"] = str(args.t5)
-            lines.append(f"t5.safetensors + {T5_TOKENIZER}: {args.t5}, {t5_config.n_layers} layers, dim "
-                         f"{t5_config.dim}, {_count(t5_params) / 1e6:.1f}M parameters, "
-                         f"{gpt_config.cond_len} tokens per caption")
+            lines.append(f"T5 {args.t5}: {t5.n_layers} layers, dim {t5.dim}, {gpt.cond_len} tokens per caption")
         elif task == "t2i":
             lines.append("no --t5: text prompts need the flan-t5-xl encoder; convert again with --t5 DIR")
     return config, tensors, extra, lines

@@ -29,13 +29,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-if __package__ in (None, ""):  # run as `python convert/lumina_mgpt.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from convert.layouts import HF_LLAMA, VQ_PREFIX, convert_llama, llama_config, taming_key
 from convert.toolkit import DTYPES, command, convert_state, hf_state, layout, run, torch_state
 from sjd_min import transformer as T
-from sjd_min.checkpoint import WeightsError, flatten, read_json
+from sjd_min.checkpoint import WeightsError, read_json
 from sjd_min.vq import vqgan as V
 
 FAMILY = "lumina_mgpt"
@@ -106,25 +104,16 @@ def expand_qk_norm(state: dict[str, Tensor], config: T.Config, mp: int) -> dict[
 
 
 def image_token_ids(vocab: dict[str, int]) -> list[int]:
-    """img2bpe: entry k is the token id of VQ code k, parsed from the IMGIMG...Z names."""
-    digits = {chr(ord("A") + d): str(d) for d in range(10)}
-    code_of: dict[int, int] = {}
-    bad = []
+    """img2bpe: entry k is the token id of VQ code k, parsed from the IMGIMG...Z names (A=0 .. J=9)."""
+    codes = {}
     for name, tid in vocab.items():
-        if not name.startswith(IMAGE_PREFIX):
-            continue
-        body = name[len(IMAGE_PREFIX):-1]
-        if not name.endswith("Z") or not body or any(c not in digits for c in body):
-            bad.append(name)
-            continue
-        code_of[int("".join(digits[c] for c in body))] = tid
-    problems = [f"image-token name {n!r} is not IMGIMG + letter digits (A-J) + Z" for n in bad[:5]]
-    if not code_of:
-        problems.append("the vocabulary_map has no IMGIMG...Z image tokens")
-    elif sorted(code_of) != list(range(len(code_of))):
-        problems.append(f"image-token codes are not 0..{len(code_of) - 1} without gaps")
-    _fail("the vocabulary_map's image tokens are malformed", problems)
-    return [code_of[k] for k in range(len(code_of))]
+        if name.startswith(IMAGE_PREFIX):
+            if not (m := re.fullmatch(IMAGE_PREFIX + r"([A-J]+)Z", name)):
+                raise WeightsError(f"image-token name {name!r} is not {IMAGE_PREFIX} + letter digits (A-J) + Z")
+            codes[int(m[1].translate(str.maketrans("ABCDEFGHIJ", "0123456789")))] = tid
+    if not codes or sorted(codes) != list(range(len(codes))):
+        raise WeightsError(f"the vocabulary_map's {IMAGE_PREFIX}...Z image tokens are missing or not codes 0..n-1")
+    return [codes[k] for k in range(len(codes))]
 
 
 def layout_ids(vocab: dict[str, int], hf: dict) -> tuple[dict, list[str]]:
@@ -248,11 +237,9 @@ def build(model_dir: Path, vqgan_ckpt: Path, vqgan_yaml: Path, text_tokenizer: P
         source=dict(model=str(model_dir), vqgan=str(vqgan_ckpt), model_type=hf.get("model_type"),
                     architectures=hf.get("architectures")),
     )
-    n_llm, n_vq = (sum(t.numel() for t in flatten(tree).values()) for tree in (params, vq))
-    lines = [f"transformer: {n_llm:,} parameters, {config.n_layers} layers, dim {config.dim}, {config.n_heads} heads "
-             f"/ {config.kv_heads} kv, norm {config.norm_placement}, {next(iter(flatten(params).values())).dtype}",
-             f"vq: {n_vq:,} parameters, codebook {vq_config.codebook_size}x{vq_config.embed_dim}, {vq_config.factor}x",
-             f"{len(img2bpe)} image tokens at ids {min(img2bpe)}..{max(img2bpe)}, default size {size}"]
+    lines = [f"transformer: {config.n_layers} layers, dim {config.dim}, {config.n_heads} heads / {config.kv_heads} kv, "
+             f"{config.norm_placement}-norm; VQGAN codebook {vq_config.codebook_size} x {vq_config.embed_dim}, "
+             f"{vq_config.factor}x; {len(img2bpe)} image tokens at ids {min(img2bpe)}..{max(img2bpe)}; size {size}"]
     if lacking:
         lines.append(f"warning: the vocabulary lacks {', '.join(lacking)}: this folder computes logits but cannot "
                      f"generate images")

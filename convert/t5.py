@@ -19,8 +19,6 @@ from pathlib import Path
 
 import torch
 
-if __package__ in (None, ""):  # run as `python convert/t5.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from convert.toolkit import DTYPES, command, convert_state, hf_state, layout, run, upstream_key
 from sjd_min.checkpoint import WeightsError, cast, flatten, from_hub, read_json

@@ -158,9 +158,9 @@ def convert_state(state: dict[str, Tensor], expected: dict[str, Tensor], upstrea
 
 def refuse_contradictions(source: str, claimed: dict, found: dict, checkpoint: str) -> None:
     """WeightsError naming every field where a config (`claimed`, from `source`) disagrees with what
-    the checkpoint's tensors show (`found`); fields the config leaves out or null are not compared."""
+    the checkpoint's tensors show (`found`); fields either leaves out or null are not compared."""
     bad = [f"{k} {claimed[k]!r} (the tensors give {v!r})" for k, v in found.items()
-           if claimed.get(k) is not None and claimed[k] != v]
+           if None not in (v, claimed.get(k)) and claimed[k] != v]
     if bad:
         raise WeightsError(f"{source} contradicts {checkpoint}: {'; '.join(bad)}. Is it the config of this "
                            f"checkpoint?")
@@ -204,7 +204,7 @@ def check_out(out: Path, inputs: list[Path]) -> None:
 def run(args, inputs, build) -> int:
     """A converter's whole command: the --out checks against `inputs` (the paths the user named; names
     not on disk are skipped), then ``build()`` -> (config, {name: params}, {file: source}, summary lines),
-    then the atomic write. Returns 0, or 1 after a one-line ``error:`` (a list for key problems)."""
+    then the atomic write and a summary. Returns 0, or 1 after a one-line ``error:`` (a list for key problems)."""
     out = Path(args.out)
     try:
         check_out(out, [Path(p) for p in inputs if p is not None and Path(p).exists()])
@@ -218,7 +218,11 @@ def run(args, inputs, build) -> int:
     except (ValueError, OSError) as e:  # WeightsError is a ValueError; FileExistsError, PermissionError OSErrors
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {written}/ ({', '.join(sorted(p.name for p in written.iterdir()))})")
-    for line in lines:
+    print(f"wrote {written}/")
+    for name, tree in tensors.items():
+        flat = flatten(tree).values()
+        dtypes = ", ".join(sorted({str(t.dtype).removeprefix("torch.") for t in flat}))
+        print(f"  {name}.safetensors: {sum(t.numel() for t in flat) / 1e6:.1f}M parameters ({dtypes})")
+    for line in [*extra, *lines]:
         print(f"  {line}")
     return 0

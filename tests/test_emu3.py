@@ -136,7 +136,7 @@ def write_random_folder(out, codebook: int = 16, side_px: int = 8, seed: int = 0
     cfg = tiny_config(ids["vocab"])
     vq_cfg = V.Emu3VQConfig(codebook_size=codebook, embed_dim=4, z_channels=4, ch=32, ch_mult=(1, 2),
                             num_res_blocks=1, attn_levels=(1,), l2_norm=False)
-    config = dict(family="emu3", transformer=C._jsonable(cfg), vq=C._jsonable(vq_cfg),
+    config = dict(family="emu3", transformer=dataclasses.asdict(cfg), vq=dataclasses.asdict(vq_cfg),
                   ids={k: v for k, v in ids.items() if k != "vocab"}, image_area=side_px * side_px, max_positions=1024)
     tensors = dict(transformer=random_params(cfg, seed), vq=V.init_params(vq_cfg, torch.Generator().manual_seed(seed)))
     write_folder(out, config, tensors, {"tokenizer.json": tok.to_str().encode()})

@@ -338,7 +338,7 @@ def test_vocabulary_must_equal_the_codebook(tmp_path, capsys):
 
 def test_script_runs_from_the_command_line():
     root = Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, "convert/llamagen.py", "--help"], cwd=root, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "convert.llamagen", "--help"], cwd=root, capture_output=True, text=True)
     assert r.returncode == 0 and "--gpt" in r.stdout
 
 
