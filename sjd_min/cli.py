@@ -27,17 +27,19 @@ from .methods import METHODS
 from .models.tiny import DEFAULTS as TINY
 from .outputs import OutputError, StagedFolder, next_run_folder
 from .pictures import heatmap, to_pil
+from .report import add_report_args, run_report
+from .sample import add_sample_args, run_sample
 from .sampling import Sampler
 from .sjd import INIT_MODES
 
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def add_generate_args(ap: argparse.ArgumentParser) -> None:
+def add_decode_args(ap: argparse.ArgumentParser) -> None:
+    """The options every decoding command shares: model, method, sampler, seed, batch, device."""
     model_default = "the model's default (embedded tiny model: {})"
     ap.add_argument("--model", default=str(DEFAULT_WEIGHTS), help="converted weights folder (default: the embedded tiny "
                                                                     "model, weights/tiny)")
-    ap.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for several")
     ap.add_argument("--method", choices=METHODS, default="sjd", help="decoding method (default: sjd)")
     ap.add_argument("--window", type=int, default=None, help="Jacobi window W, tokens per model call (default: "
                     + model_default.format(TINY.window) + ")")
@@ -54,16 +56,21 @@ def add_generate_args(ap: argparse.ArgumentParser) -> None:
                     + model_default.format(TINY.temperature) + ")")
     ap.add_argument("--size", type=int, default=None, help="image side in pixels (default: "
                     + model_default.format(TINY.size) + ")")
-    ap.add_argument("--num-images", type=int, default=1, help="images per prompt (default: 1)")
     ap.add_argument("--batch", type=int, default=1, help="images decoded together (default: 1)")
-    ap.add_argument("--out", default=None, help="a new or empty output folder (default: the next free out/run-NNN)")
-    ap.add_argument("--heatmap", action="store_true", help="also write acceptance heatmaps")
     ap.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda where "
                                                    "available, else cpu)")
     ap.add_argument("--dtype", choices=DTYPES, default=None, help="transformer weights dtype (default: float32 on "
                                                                   "CPU, the converted dtype elsewhere)")
     ap.add_argument("--compile", action="store_true",
                     help="compile the decode step (torch.compile; CUDA graphs on GPU); the first image pays the compile time")
+
+
+def add_generate_args(ap: argparse.ArgumentParser) -> None:
+    add_decode_args(ap)
+    ap.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for several")
+    ap.add_argument("--num-images", type=int, default=1, help="images per prompt (default: 1)")
+    ap.add_argument("--out", default=None, help="a new or empty output folder (default: the next free out/run-NNN)")
+    ap.add_argument("--heatmap", action="store_true", help="also write acceptance heatmaps")
 
 
 def _check_args(args: argparse.Namespace) -> list[str]:
@@ -160,7 +167,16 @@ def main(argv=None) -> int:
                                                                         "text-to-image models")
     sub = ap.add_subparsers(dest="command", required=True)
     add_generate_args(sub.add_parser("generate", help="prompts -> images with AR, SJD or a coupled mode"))
+    sample = sub.add_parser("sample", help="a prompt set, several images per prompt, on one or many processes "
+                                           "(torchrun): resumable, with a merged report (see sjd_min/sample.py)")
+    add_decode_args(sample)
+    add_sample_args(sample)
+    add_report_args(sub.add_parser("report", help="rebuild a sample run's report, or compare two runs"))
     args = ap.parse_args(argv)
     if args.command == "generate":
         return run_generate(args)
+    if args.command == "sample":
+        return run_sample(args)
+    if args.command == "report":
+        return run_report(args)
     return 2

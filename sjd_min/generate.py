@@ -43,14 +43,20 @@ class Generated:
 
 
 def generate(pipeline: Pipeline, prompts: list[str], *, method: str = "sjd", sampler: Sampler | None = None,
-             seed: int = 0, window: int | None = None, init: str | None = None, size: int | None = None,
+             seed: int | list[int] = 0, window: int | None = None, init: str | None = None, size: int | None = None,
              progress: bool = False, compiled: bool = False) -> Generated:
     """Images for `prompts` (one each) on the pipeline's device. `sampler`, `window`, `init`, `size`:
-    None = the family's default; `compiled`: the compiled decode step (the first image pays the compile)."""
+    None = the family's default; `compiled`: the compiled decode step (the first image pays the compile).
+    `seed`: one generator for the batch, or a list of one seed per prompt: each image then depends on its
+    own seed only, not on the prompts decoded beside it."""
     check_method(method)
-    check_seed(seed)
+    seeds = seed if isinstance(seed, list) else [seed]
+    for s in seeds:
+        check_seed(s)
     if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+    if isinstance(seed, list) and len(seed) != len(prompts):
+        raise ValueError(f"{len(seed)} seeds for {len(prompts)} prompts: give one seed, or one per prompt")
     d = pipeline.defaults
     sampler = sampler or d.sampler()
     device = pipeline.device
@@ -62,9 +68,11 @@ def generate(pipeline: Pipeline, prompts: list[str], *, method: str = "sjd", sam
 
         bar = tqdm(total=job.n_tokens, desc=f"{method}", unit="tok", leave=False, file=sys.stderr)
     update = (lambda done: bar.update(done - bar.n)) if bar is not None else None
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    generator = generators if isinstance(seed, list) else generators[0]
     with torch.inference_mode():
-        result = decode_job(job, method, generator, window=window or d.window, init=init or d.init,
+        result = decode_job(job, method, generator, window=d.window if window is None else window,
+                            init=d.init if init is None else init,
                             progress=update, compiled=compiled)
         images = job.decode(result.tokens)
     if bar is not None:

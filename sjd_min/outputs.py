@@ -17,6 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+TMP_SUFFIX = ".partial"  # what `write_atomic` names its temporary files (a killed process may leave one)
+
+
 class OutputError(ValueError):
     """An output location that cannot take a new result."""
 
@@ -92,3 +95,21 @@ class StagedFolder:
                 return
             if p == self._created:
                 return
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], object], sync: bool = True) -> None:
+    """`write(tmp)` writes a hidden temporary file beside `path`, which then replaces `path` in one rename:
+    a reader, or a run resumed after a kill, sees the whole file or none. `sync`: flushed to disk first."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        if sync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # as a file made by open (mkstemp makes it private)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
