@@ -69,6 +69,8 @@ class Config:
             raise ValueError(f"dim {self.dim} is not a multiple of n_heads {self.n_heads}")
         if self.n_heads % self.kv_heads:
             raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"dim {self.dim} / n_heads {self.n_heads} gives head_dim {self.head_dim}; RoPE needs it even")
         if self.rope == "2d" and (self.rope_grid < 1 or self.head_dim % 4):
             raise ValueError("2d RoPE needs rope_grid >= 1 and head_dim divisible by 4")
 
@@ -348,6 +350,7 @@ class TransformerFn:
     Keeps `params` visible so the compiled path can mark the weights static."""
 
     params: Params
+    check_inputs(params, config, x, positions, mask)
     config: Config
 
     def __call__(self, tokens, positions, cache):
@@ -356,3 +359,28 @@ class TransformerFn:
 
 def model_fn(params: Params, config: Config) -> TransformerFn:
     return TransformerFn(params, config)
+def check_inputs(params: Params, config: Config, x: Tensor, positions: Tensor, mask: Tensor | None) -> None:
+    """ValueError naming the argument where inputs or params do not fit the config (the compiled step
+    itself checks nothing: it runs only on what the prefill accepted)."""
+    c = config
+    if x.is_floating_point():
+        if x.dim() != 3 or x.shape[-1] != c.dim:
+            raise ValueError(f"x: embeddings must be [b, t, {c.dim}], got {tuple(x.shape)}")
+    else:
+        if x.dim() != 2 or x.dtype == torch.bool:
+            raise ValueError(f"x: token ids must be an integer [b, t] tensor, got {x.dtype} {tuple(x.shape)}")
+        if x.numel() and bool(((x < 0) | (x >= c.vocab_size)).any()):
+            raise ValueError(f"x: token ids must lie in [0, {c.vocab_size}), got {int(x.min())}..{int(x.max())}")
+    if positions.shape != x.shape[:2] or positions.is_floating_point():
+        raise ValueError(f"positions must be integers shaped like x's [b, t] {tuple(x.shape[:2])}, got "
+                         f"{positions.dtype} {tuple(positions.shape)}")
+    if mask is not None and mask.shape != x.shape[:2]:
+        raise ValueError(f"mask must be [b, t] {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
+    embed = params.get("embed") if isinstance(params, dict) else None
+    if embed is None or embed.shape != (c.vocab_size, c.dim) or len(params.get("layers", [])) != c.n_layers:
+        got = tuple(embed.shape) if embed is not None else None
+        raise ValueError(f"params do not match the config: embed {got} (expected {(c.vocab_size, c.dim)}), "
+                         f"{len(params.get('layers', [])) if isinstance(params, dict) else '?'} layers "
+                         f"(expected {c.n_layers})")
+
+
