@@ -220,7 +220,7 @@ def from_hub(repo: str, filename: str | None = None, patterns: list[str] | None 
     huggingface_hub is missing, HF_HUB_OFFLINE is set or the hub cannot be reached, FileNotFoundError at
     once (not after the client's retries), naming the command that fetches it by hand."""
     what = filename or repo
-    by_hand = f"huggingface-cli download {repo} {filename + ' ' if filename else ''}--local-dir DIR"
+    by_hand = f"hf download {repo} {filename + ' ' if filename else ''}--local-dir DIR"
     try:
         import huggingface_hub as hub
     except ImportError as e:
