@@ -29,7 +29,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-
 from convert.layouts import HF_LLAMA, VQ_PREFIX, convert_llama, llama_config, taming_key
 from convert.toolkit import DTYPES, command, convert_state, hf_state, layout, run, torch_state
 from sjd_min import transformer as T
@@ -39,18 +38,13 @@ from sjd_min.vq import vqgan as V
 FAMILY = "lumina_mgpt"
 IMAGE_PREFIX = "IMGIMG"  # Chameleon's image-token names: IMGIMG + code in letter digits (A=0 .. J=9) + Z
 # Special tokens of the Chameleon vocabulary that the image layout uses (names, not ids: ids are read).
-NAMES = dict(
-    bos="<s>",
-    pad="<pad>",
-    end_of_turn="<reserved08706>",  # Lumina-mGPT's conversation separator, closes the prompt
-    image_start="<racm3:break>",
-    image_end="<eoss>",
-    end_of_line="<reserved08799>",
-    size_token_base="<reserved08800>",  # "<reserved{8800 + n:05d}>" says "n grids of 32 px"
-)
+NAMES = dict(bos="<s>", pad="<pad>", image_start="<racm3:break>", image_end="<eoss>", end_of_line="<reserved08799>",
+             end_of_turn="<reserved08706>",  # Lumina-mGPT's conversation separator, closes the prompt
+             size_token_base="<reserved08800>")  # "<reserved{8800 + n:05d}>" says "n grids of 32 px"
 GRID_PX = 32  # pixels per size-token grid unit (Lumina-mGPT's patch_size)
 GRID_TOKENS = 2  # VQ tokens per grid unit and side (16-px VQ tokens)
 DEFAULTS = dict(cfg_scale=4.0, cfg_on="logits", top_k=2000, top_p=None, temperature=1.0)
+TOKENIZER_FILES = {"vqgan_ckpt": "vqgan.ckpt", "vqgan_yaml": "vqgan.yaml", "text_tokenizer": "text_tokenizer.json"}
 CHAMELEON = {  # HF Llama plus qk-norm: a LayerNorm over head_dim, weight and bias per head
     **HF_LLAMA,
     "model.layers.{}.self_attn.q_norm.weight": "layers.{}.attn.q_norm.w",
@@ -246,23 +240,29 @@ def build(model_dir: Path, vqgan_ckpt: Path, vqgan_yaml: Path, text_tokenizer: P
     return folder_config, {"transformer": params, "vq": vq}, {"text_tokenizer.json": text_tokenizer}, lines
 
 
+def add_tokenizer_args(ap) -> None:
+    """--tokenizer-dir, or each of Meta's Chameleon tokenizer files on its own (see `tokenizer_files`)."""
+    ap.add_argument("--tokenizer-dir", default=None, help="folder with Meta's " + ", ".join(TOKENIZER_FILES.values()))
+    for key, name in TOKENIZER_FILES.items():
+        ap.add_argument(f"--{key.replace('_', '-')}", default=None, help=f"{name} (default: in --tokenizer-dir)")
+
+
+def tokenizer_files(ap, args) -> list[Path]:
+    """The paths of vqgan.ckpt, vqgan.yaml and text_tokenizer.json the arguments name."""
+    if args.tokenizer_dir is None and not all(getattr(args, k) for k in TOKENIZER_FILES):
+        ap.error("give --tokenizer-dir (Meta's Chameleon tokenizer folder) or each of --vqgan-ckpt, --vqgan-yaml "
+                 "and --text-tokenizer")
+    return [Path(getattr(args, k) or Path(args.tokenizer_dir) / name) for k, name in TOKENIZER_FILES.items()]
+
+
 def main(argv=None) -> int:
     ap = command("python -m convert.lumina_mgpt", __doc__)
     ap.add_argument("--model", required=True, help="Lumina-mGPT / Chameleon HF folder (config.json + safetensors)")
-    ap.add_argument("--tokenizer-dir", default=None,
-                    help="folder with Meta's vqgan.ckpt, vqgan.yaml and text_tokenizer.json")
-    ap.add_argument("--vqgan-ckpt", default=None, help="vqgan.ckpt (default: in --tokenizer-dir)")
-    ap.add_argument("--vqgan-yaml", default=None, help="vqgan.yaml (default: in --tokenizer-dir)")
-    ap.add_argument("--text-tokenizer", default=None, help="text_tokenizer.json (default: in --tokenizer-dir)")
+    add_tokenizer_args(ap)
     ap.add_argument("--size", type=int, default=None,
                     help="default image side for generate (default: from the model folder name, else 768)")
     args = ap.parse_args(argv)
-    named = {"vqgan_ckpt": "vqgan.ckpt", "vqgan_yaml": "vqgan.yaml", "text_tokenizer": "text_tokenizer.json"}
-    if args.tokenizer_dir is None and not all(getattr(args, k) for k in named):
-        ap.error("give --tokenizer-dir (Meta's Chameleon tokenizer folder) or each of --vqgan-ckpt, --vqgan-yaml "
-                 "and --text-tokenizer")
-    files = [Path(getattr(args, k) or Path(args.tokenizer_dir) / name) for k, name in named.items()]
-    model = Path(args.model)
+    files, model = tokenizer_files(ap, args), Path(args.model)
     return run(args, [model, args.tokenizer_dir, *files], lambda: build(model, *files, args.size, DTYPES[args.dtype]))
 
 
