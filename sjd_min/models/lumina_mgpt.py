@@ -1,6 +1,11 @@
-"""Lumina-mGPT (Chameleon architecture) text-to-image: prompt, image layout, CFG, VQGAN decoding.
+"""Chameleon-architecture text-to-image, two presets: Lumina-mGPT and Anole. Prompt, image layout,
+CFG, VQGAN decoding.
 
-One image is the token sequence (ids read from the converted folder's config.json)
+Both run Meta's Chameleon transformer (qk-LayerNorm) and its VQGAN on the same vocabulary; they differ
+in the prompt, the layout of the output, the unconditional context and the sampler (``PRESETS``).
+
+Lumina-mGPT (the preset "lumina_mgpt"). One image is the token sequence (ids read from the
+converted folder's config.json)
 
     prompt:  <s> "Generate an image of {W}x{H} according to the following prompt:\\n{text}" <end-of-turn>
              <image-start> <size H/32> <size W/32>                       (prefilled, never sampled)
@@ -23,7 +28,21 @@ to the conditional length (mask; positions = cumsum(mask) - 1), and the guidance
 logits ``u + s (c - u)`` (no log-softmax), hence ``cfg_on="logits"``. Defaults: cfg 4.0 (the SJD
 paper's scripts use 3.0), image top-k 2000, temperature 1.
 
-References: Lumina-mGPT (arXiv 2408.02657), Chameleon (arXiv 2405.09818).
+Anole (the preset "anole"), as GAIR-NLP/anole's text-to-image runs Meta's inference code:
+
+    prompt:  <s> text <reserved08706> <racm3:break>                            (prefilled)
+    output:  32 rows of 32 image tokens, no end-of-line tokens, then <eoss>       (n = 1025)
+
+at 512 px (upstream always generates 1024 tokens; other sizes here give size/16 per side). Every
+non-image id is masked inside the rows and <eoss> is forced after them. Upstream guides with three
+streams per image, each its own sequence from position 0: the full prompt f, the prompt filtered to
+its image-related tokens (<s>, <racm3:break>, <eoss> and image tokens) i, and [<s>, <racm3:break>] u,
+mixed as ``u + 1.2 (i - u) + 3.0 (f - i)`` on raw logits. A text prompt holds no image tokens, so i
+is [<s>, <racm3:break>] = u and the mix is exactly ``u + 3.0 (f - u)``: two-stream CFG with scale 3
+and the unconditional context [<s>, <racm3:break>], which is what runs here (prompts with images,
+the case where i differs from u, are not supported). Then temperature 0.7 and top-p 0.9.
+
+References: Lumina-mGPT (arXiv 2408.02657), Chameleon (arXiv 2405.09818), Anole (arXiv 2407.06135).
 """
 
 from __future__ import annotations
@@ -48,6 +67,25 @@ DEFAULTS = Defaults(cfg_scale=4.0, cfg_on="logits", top_k=2000, temperature=1.0,
 
 
 @dataclasses.dataclass(frozen=True)
+class Preset:
+    """What sets a Chameleon-based model apart (config.json "preset")."""
+
+    prompt: str  # the text prompt: "{text}", and "{w}", "{h}" where the model is told the size
+    size_tokens: bool  # the prompt ends <racm3:break> <size h> <size w> (Lumina-mGPT); else <racm3:break>
+    end_of_line: bool  # every image row is ended by the end-of-line token
+    uncond: str  # "image_start": the unconditional context is the prompt's tail from <racm3:break> on;
+    #   "bos": it is [<s>, <racm3:break>] (Anole's u stream)
+    defaults: Defaults
+
+
+PRESETS = {
+    "lumina_mgpt": Preset(PROMPT, size_tokens=True, end_of_line=True, uncond="image_start", defaults=DEFAULTS),
+    "anole": Preset("{text}", size_tokens=False, end_of_line=False, uncond="bos",  # chameleon.py's Options.Image
+                    defaults=Defaults(cfg_scale=3.0, cfg_on="logits", temperature=0.7, top_p=0.9, size=512)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
 class Ids:
     """Special-token ids and grid geometry (config.json "layout"; the converter reads them from the
     vocabulary: None where it lacks the token)."""
@@ -66,6 +104,12 @@ class Ids:
 LAYOUT_KEYS = tuple(f.name for f in dataclasses.fields(Ids))
 
 
+def needed_ids(preset: Preset) -> tuple[str, ...]:
+    """The layout ids a preset's prompt and output use."""
+    return ("bos", "pad", "end_of_turn", "image_start", "image_end") + ("end_of_line",) * preset.end_of_line + \
+        ("size_token_base",) * preset.size_tokens
+
+
 @dataclasses.dataclass
 class LuminaMGPT:
     params: dict  # transformer parameters (sjd_min.transformer layout)
@@ -77,6 +121,7 @@ class LuminaMGPT:
     tokenizer: object  # tokenizers.Tokenizer (Meta's text_tokenizer.json)
     defaults: Defaults
     device: torch.device
+    preset: Preset = PRESETS["lumina_mgpt"]
     family: str = FAMILY
 
     @property
@@ -84,30 +129,39 @@ class LuminaMGPT:
         return int(self.image_ids.min()), int(self.image_ids.max()) + 1
 
     def grid(self, size: int) -> tuple[int, int]:
-        """(grid units of 32 px, VQ tokens per side) for a square image of `size` pixels."""
+        """(size-token grid units, VQ tokens per side) for a square image of `size` pixels."""
         px, per = self.layout.grid_px, self.layout.grid_tokens
+        if not self.preset.size_tokens:  # no size tokens: one VQ token per `factor` pixels
+            px, per = self.vq_config.factor, 1
         if size < px or size % px:
             raise ValueError(f"image size must be a positive multiple of {px} pixels, got {size}")
         units = size // px
-        if self.layout.size_token_base + units >= self.config.vocab_size:
+        if self.preset.size_tokens and self.layout.size_token_base + units >= self.config.vocab_size:
             raise ValueError(f"size {size} needs a size token beyond the vocabulary ({units} grid units)")
         return units, units * per
 
     def prompt_ids(self, text: str, size: int) -> list[int]:
-        """Conditional prompt: bos, the templated text, end-of-turn, image-start, two size tokens."""
+        """Conditional prompt: bos, the templated text, end-of-turn, image-start (and two size tokens)."""
         units, _ = self.grid(size)
         lay = self.layout
-        ids = self.tokenizer.encode(PROMPT.format(w=size, h=size, text=text), add_special_tokens=False).ids
-        size_tok = lay.size_token_base + units
-        out = [lay.bos, *ids, lay.end_of_turn, lay.image_start, size_tok, size_tok]
+        ids = self.tokenizer.encode(self.preset.prompt.format(w=size, h=size, text=text), add_special_tokens=False).ids
+        sizes = [lay.size_token_base + units] * 2 if self.preset.size_tokens else []
+        out = [lay.bos, *ids, lay.end_of_turn, lay.image_start, *sizes]
         if max(out) >= self.config.vocab_size:
             raise ValueError(f"the text tokenizer produced id {max(out)} beyond the vocabulary ({self.config.vocab_size})")
         return out
 
     def image_layout(self, size: int) -> ImageLayout:
-        """h rows of w image tokens, each ended by end-of-line, then end-of-image."""
+        """h rows of w image tokens (each ended by end-of-line where the preset has it), then end-of-image."""
         _, side = self.grid(size)
-        return ImageLayout(side, side, self.image_range, eol=self.layout.end_of_line, tail=(self.layout.image_end,))
+        eol = self.layout.end_of_line if self.preset.end_of_line else None
+        return ImageLayout(side, side, self.image_range, eol=eol, tail=(self.layout.image_end,))
+
+    def unconditional(self, row: list[int]) -> list[int]:
+        """The CFG context of a prompt row: its tail from image-start on, or [bos, image-start]."""
+        if self.preset.uncond == "bos":
+            return [self.layout.bos, self.layout.image_start]
+        return row[row.index(self.layout.image_start, 1):]
 
     def job(self, prompts: list[str], sampler: Sampler, size: int | None = None) -> Job:
         if not prompts:
@@ -116,7 +170,7 @@ class LuminaMGPT:
         layout = self.image_layout(size)
         rows = [self.prompt_ids(p, size) for p in prompts]
         if sampler.cfg:
-            rows += [r[-3:] for r in rows]  # unconditional context: from the image-start token on
+            rows += [self.unconditional(r) for r in rows]
         prefix = prefill_prompts(self.params, self.config, rows, self.layout.pad, layout.n_tokens,
                                  self.image_ids.device)
         return Job(model=T.model_fn(self.params, self.config), prefix=prefix, layout=layout, sampler=sampler,
@@ -133,27 +187,33 @@ class LuminaMGPT:
 
 def _check(configs: dict) -> list[str]:
     ids, vq, t = configs["layout"], configs["vq"], configs["transformer"]
-    lacking = [k for k in LAYOUT_KEYS if getattr(ids, k) is None]
-    if lacking:
-        return [f"the vocabulary it was converted from lacks the layout token(s) {', '.join(lacking)}, so it "
-                f"cannot generate images"]
     problems = [f"layout.{k} = {getattr(ids, k)} is outside transformer.vocab_size {t.vocab_size}"
-                for k in LAYOUT_KEYS[:7] if not 0 <= getattr(ids, k) < t.vocab_size]
-    if vq.factor * ids.grid_tokens != ids.grid_px:
+                for k in LAYOUT_KEYS[:7] if getattr(ids, k) is not None and not 0 <= getattr(ids, k) < t.vocab_size]
+    if ids.size_token_base is not None and vq.factor * ids.grid_tokens != ids.grid_px:
         problems.append(f"the VQGAN downsamples {vq.factor}x (vq.ch_mult), but layout.grid_tokens = "
                         f"{ids.grid_tokens} tokens on layout.grid_px = {ids.grid_px} px")
     return problems
 
 
 def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> LuminaMGPT:
-    """A converted Lumina-mGPT folder (convert/lumina_mgpt.py). dtype None: the stored one on GPU,
-    float32 on CPU. The VQGAN always runs in float32."""
+    """A converted Lumina-mGPT or Anole folder (convert/lumina_mgpt.py, convert/anole.py). dtype None: the
+    stored one on GPU, float32 on CPU. The VQGAN always runs in float32."""
     from tokenizers import Tokenizer
 
     folder = Path(folder)
     parts = [transformer_part(), vq_part(V.VQConfig, V.init_params), Part("layout", Ids)]
     config, configs, params = load_parts(folder, FAMILY, parts, device, dtype, check=_check)
-    image_ids = config_field(config, "image_token_ids", list[int], folder)
+    name = config_field(config, "preset", str, folder, "lumina_mgpt")
+    if name not in PRESETS:
+        raise WeightsError(f"{folder}/config.json: preset {name!r} is not one of {', '.join(PRESETS)}")
+    preset = PRESETS[name]
+    lacking = [k for k in needed_ids(preset) if getattr(configs["layout"], k) is None]
+    if lacking:
+        raise WeightsError(f"{folder}/config.json: the vocabulary it was converted from lacks the layout token(s) "
+                           f"{', '.join(lacking)}, so it cannot generate images")
+    image_ids = config_field(config, "image_token_ids", list, folder)
+    if not all(isinstance(i, int) for i in image_ids):
+        raise WeightsError(f"{folder}/config.json: image_token_ids must be a list of integers")
     if not image_ids or sorted(image_ids) != list(range(min(image_ids), max(image_ids) + 1)):
         raise WeightsError(f"{folder}: the image-token ids are not one contiguous range, which the layout needs")
     if len(image_ids) > configs["vq"].codebook_size or max(image_ids) >= configs["transformer"].vocab_size:
@@ -163,10 +223,10 @@ def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dt
     tok_path = folder / config_field(config, "text_tokenizer", str, folder, "text_tokenizer.json")
     if not tok_path.is_file():
         raise WeightsError(f"{folder} lacks {tok_path.name}; convert the weights again")
-    size = config_field(config, "image_size", int, folder, config.get("defaults", {}).get("size", DEFAULTS.size))
+    size = config_field(config, "image_size", int, folder, config.get("defaults", {}).get("size", preset.defaults.size))
     return LuminaMGPT(
         params=params["transformer"], config=configs["transformer"], vq_params=params["vq"], vq_config=configs["vq"],
         layout=configs["layout"], image_ids=torch.tensor(image_ids, dtype=torch.long, device=device),
-        tokenizer=Tokenizer.from_file(str(tok_path)), defaults=DEFAULTS.replace(size=size),
-        device=torch.device(device),
+        tokenizer=Tokenizer.from_file(str(tok_path)), defaults=preset.defaults.replace(size=size),
+        device=torch.device(device), preset=preset,
     )
