@@ -112,7 +112,10 @@ def read_tokenizer(folder: Path):
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers' own error type
         raise WeightsError(f"{path} cannot be read by `tokenizers` ({e})") from e
-    settings = read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
+    settings = {}  # tokenizer_config.json's special tokens, else special_tokens_map.json's (as transformers reads them)
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        if (folder / name).is_file():
+            settings.update(read_json(folder / name))
 
     def special(key: str) -> int | None:
         name = settings.get(key)
@@ -127,7 +130,8 @@ def read_tokenizer(folder: Path):
     bos = special("bos_token")
     bos = special("eos_token") if bos is None else bos  # upstream's wrapper: BOS, else EOS
     if bos is None:
-        raise WeightsError(f"{folder}/tokenizer_config.json names neither bos_token nor eos_token")
+        raise WeightsError(f"{folder}: tokenizer_config.json (or special_tokens_map.json) names neither bos_token "
+                           f"nor eos_token")
     pad = special("pad_token")
     return tok, path, bos, bos if pad is None else pad
 

@@ -201,6 +201,10 @@ def test_converter_errors_write_nothing(tmp_path, capsys):
     shutil.copytree(model, no_tok)
     (no_tok / "tokenizer.json").unlink()
     assert "tokenizer.json" in refused(capsys, no_tok, out)
+    no_bos = tmp_path / "no_bos"
+    shutil.copytree(model, no_bos)
+    (no_bos / "tokenizer_config.json").write_text("{}")
+    assert "neither bos_token nor eos_token" in refused(capsys, no_bos, out)
     other_vocab = tmp_path / "other_vocab"
     shutil.copytree(model, other_vocab)
     cfg = json.loads((other_vocab / "config.json").read_text())
