@@ -39,7 +39,7 @@ def ar_decode(
 ) -> Result:
     """Sample `n_tokens` tokens per row, one model call each (the prefill gives the first).
     `run` wraps the per-token step (``compile.compiled(model, prefix)``: the compiled one)."""
-    b = check_args(prefix, n_tokens, sampler, constraint)
+    b = check_args(prefix, n_tokens, sampler, constraint, 1, generator)
     vocab, device = prefix.logits.shape[-1], prefix.logits.device
     out = torch.empty(b, n_tokens, dtype=torch.long, device=device)
     p0 = probs(prefix.logits[:, None], sampler, *constraint.at(torch.zeros(b, 1, dtype=torch.long, device=device)))

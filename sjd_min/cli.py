@@ -16,6 +16,7 @@ Every option left out takes the model's default (``sjd_min/family.py``; for the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -94,8 +95,6 @@ def _check_args(args: argparse.Namespace) -> list[str]:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    import torch
-
     try:
         prompts = _check_args(args)
         out = Path(args.out) if args.out is not None else next_run_folder(Path("out"))
@@ -103,58 +102,66 @@ def run_generate(args: argparse.Namespace) -> int:
     except (ValueError, OutputError) as e:
         raise SystemExit(f"error: {e}") from e
     try:
-        dtype = getattr(torch, args.dtype) if args.dtype else None
-        pipeline = load_pipeline(args.model, device=args.device, dtype=dtype)
-        d = pipeline.defaults
-        sampler = d.sampler(cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature)
-        window, init = args.window or d.window, args.init or d.init
-        for p in dict.fromkeys(prompts):  # every prompt, the size and the sampler fit the model: before the loop
-            pipeline.job([p], sampler, args.size)
+        return _run(args, prompts, out, staged)
+    except KeyboardInterrupt:  # before the first image: nothing to keep
+        staged.discard()
+        print("interrupted before the first image was finished: nothing written", file=sys.stderr)
+        return 130
     except (WeightsError, ValueError) as e:
         staged.discard()
         raise SystemExit(f"error: {e}") from e
+    except BaseException:
+        staged.discard()
+        raise
+
+
+def _run(args: argparse.Namespace, prompts: list[str], out: Path, staged: StagedFolder) -> int:
+    import torch
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    pipeline = load_pipeline(args.model, device=args.device, dtype=dtype)
+    d = pipeline.defaults
+    sampler = d.sampler(cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature)
+    window, init = args.window or d.window, args.init or d.init
+    for p in dict.fromkeys(prompts):  # every prompt, the size and the sampler fit the model: before the loop
+        pipeline.job([p], sampler, args.size)
 
     images, interrupted = [], False
     try:
         for start in range(0, len(prompts), args.batch):
-            batch = prompts[start : start + args.batch]
-            got = generate(pipeline, batch, method=args.method, sampler=sampler, seed=args.seed + start,
-                           window=window, init=init, size=args.size, progress=True, compiled=args.compile)
+            got = generate(pipeline, prompts[start : start + args.batch], method=args.method, sampler=sampler,
+                           seed=args.seed + start, window=window, init=init, size=args.size, progress=True,
+                           compiled=args.compile)
             for j, image in enumerate(got.images):
                 i = start + j
-                name = f"{i:03d}_{args.method}.png"
-                staged.save(name, lambda path, image=image: to_pil(image).save(path, format="PNG"))
+                files = [f"{i:03d}_{args.method}.png"]
+                staged.save(files[0], lambda path, image=image: to_pil(image).save(path, format="PNG"))
                 if args.heatmap:
-                    staged.save(f"{i:03d}_{args.method}_heatmap.png",
-                                lambda path, j=j: heatmap(got.result.commit_call[j], got.job.image_slots).save(
-                                    path, format="PNG"))
+                    files.append(f"{i:03d}_{args.method}_heatmap.png")
+                    staged.save(files[1], lambda path, j=j: heatmap(got.result.commit_call[j], got.job.image_slots)
+                                .save(path, format="PNG"))
                 calls = int(got.result.commit_call[j].max()) + 1  # this image's own model calls
                 images.append(dict(
-                    file=name, prompt=prompts[i], seed=args.seed + start, row_in_batch=j, n_tokens=got.job.n_tokens,
-                    forward_calls=calls, step_compression=got.job.n_tokens / calls,
-                    committed_per_call=got.result.committed[:, j].tolist(), batch_forward_calls=got.result.forward_calls,
-                    batch_seconds=got.seconds,
+                    file=files[0], files=files, prompt=prompts[i], seed=args.seed + start, row_in_batch=j,
+                    n_tokens=got.job.n_tokens, forward_calls=calls, step_compression=got.job.n_tokens / calls,
+                    committed_per_call=got.result.committed[:, j].tolist(),
+                    batch_forward_calls=got.result.forward_calls, batch_seconds=got.seconds,
                 ))
     except KeyboardInterrupt:
         interrupted = True
-    if not images:
-        staged.discard()
-        if interrupted:
-            print("interrupted before the first image was finished: nothing written", file=sys.stderr)
-            return 130
-        return 1
+        if not images:
+            raise
     stats = dict(
         model=str(args.model), family=pipeline.family, method=args.method, window=window, init=init,
-        compiled=args.compile, batch=args.batch, base_seed=args.seed, sampler=sampler.__dict__, size=args.size,
-        interrupted=interrupted, images_requested=len(prompts), images_written=len(images),
-        n_tokens=images[0]["n_tokens"], forward_calls=sum(im["forward_calls"] for im in images),
-        images=images,
+        compiled=args.compile, batch=args.batch, base_seed=args.seed, sampler=dataclasses.asdict(sampler),
+        size=args.size, interrupted=interrupted, images_requested=len(prompts), images_written=len(images),
+        n_tokens=images[0]["n_tokens"], forward_calls=sum(im["forward_calls"] for im in images), images=images,
     )
     staged.save("stats.json", lambda path: Path(path).write_text(json.dumps(stats, indent=2) + "\n"))
-    staged.commit()
-    total_tokens = sum(im["n_tokens"] for im in images)
-    summary = (f"{len(images)} image(s) in {out}/ | {args.method}: {stats['forward_calls']} model calls for "
-               f"{round(total_tokens)} tokens ({total_tokens / stats['forward_calls']:.2f}x)")
+    staged.commit(keep=["stats.json"] + [f for im in images for f in im["files"]])  # not a half-made image's
+    tokens, calls = sum(im["n_tokens"] for im in images), stats["forward_calls"]
+    summary = (f"{len(images)} image(s) in {out}/ | {args.method}: {calls} model calls for {tokens} tokens "
+               f"({tokens / calls:.2f}x)")
     if interrupted:
         print(f"interrupted: {summary}; {len(prompts) - len(images)} image(s) not made", file=sys.stderr)
         return 130

@@ -88,9 +88,23 @@ class Result:
         return self.tokens.shape[1] / self.forward_calls
 
 
-def check_args(prefix: Prefix, n_tokens: int, sampler: Sampler, constraint: Constraint, window: int = 1) -> int:
-    """Raise ValueError for arguments no decoder can honour, before any work. Returns b."""
+def check_args(prefix: Prefix, n_tokens: int, sampler: Sampler, constraint: Constraint, window: int = 1,
+               generator=None) -> int:
+    """Raise ValueError for arguments no decoder can honour, before any work, naming the argument. Returns b."""
+    if not isinstance(prefix, Prefix):
+        raise ValueError(f"prefix must be a decoding.Prefix, got {type(prefix).__name__}")
+    if not isinstance(sampler, Sampler):
+        raise ValueError(f"sampler must be a sampling.Sampler, got {type(sampler).__name__}")
+    if not isinstance(constraint, Constraint):
+        raise ValueError(f"constraint must be a decoding.Constraint, got {type(constraint).__name__}")
+    if prefix.logits.dim() != 2 or not prefix.logits.is_floating_point():
+        raise ValueError(f"prefix.logits must be float [rows, vocab], got {prefix.logits.dtype} "
+                         f"{tuple(prefix.logits.shape)}")
     r, vocab = prefix.logits.shape
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int):
+        raise ValueError(f"n_tokens must be an integer, got {n_tokens!r}")
+    if constraint.lo.is_floating_point() or constraint.hi.is_floating_point():
+        raise ValueError("constraint ids must be integer tensors")
     if n_tokens < 1:
         raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
     if window < 1:
@@ -114,6 +128,18 @@ def check_args(prefix: Prefix, n_tokens: int, sampler: Sampler, constraint: Cons
         raise ValueError(f"the constraint must cover exactly the {n_tokens} output positions")
     if bool((constraint.lo < 0).any() or (constraint.hi > vocab).any() or (constraint.lo >= constraint.hi).any()):
         raise ValueError(f"constraint id ranges must be non-empty and inside the vocabulary [0, {vocab})")
+    if generator is not None:
+        gens = [generator] if isinstance(generator, torch.Generator) else generator
+        if not isinstance(gens, (list, tuple)) or not gens or not all(isinstance(g, torch.Generator) for g in gens):
+            raise ValueError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
+        if len(gens) > 1 and len(gens) != b:
+            raise ValueError(f"{len(gens)} generators for {b} image rows: pass one, or one per row")
+        if len(gens) == 1 and not isinstance(generator, torch.Generator) and b != 1:
+            raise ValueError(f"1 generator in a list for {b} image rows: pass it alone, or one per row")
+        device = prefix.logits.device
+        if any(g.device.type != device.type for g in gens):
+            raise ValueError(f"the generator is on {gens[0].device}, the prefix on {device}: make it with "
+                             f"torch.Generator(device={str(device)!r})")
     return b
 
 

@@ -153,7 +153,7 @@ def parse_config(cls: type, values, where: str):
     of its annotated type (lists become tuples), then the dataclass's own invariants (its
     ``__post_init__``). WeightsError naming the field otherwise."""
     if not isinstance(values, dict):
-        raise WeightsError(f"{where} must be an object of {cls.__name__} fields, got {type(values).__name__}")
+        raise WeightsError(f"{where} is missing or not an object of {cls.__name__} fields")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)

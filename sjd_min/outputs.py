@@ -63,8 +63,13 @@ class StagedFolder:
         """`write(path)` writes the file `name`; it lands in the target at ``commit``."""
         write(self.staging / name)
 
-    def commit(self) -> Path:
-        """Move the staged files into the target: one rename where the target is new."""
+    def commit(self, keep: list[str] | None = None) -> Path:
+        """Move the staged files into the target: one rename where the target is new. With `keep`, only
+        those files: others (say, a file an interrupted step left half-made) are dropped first."""
+        if keep is not None:
+            for f in self.staging.iterdir():
+                if f.name not in keep:
+                    f.unlink()
         mode = 0o777 & ~_umask()  # as a folder made by mkdir (mkdtemp makes it private)
         os.chmod(self.staging, mode)
         for f in self.staging.iterdir():

@@ -23,6 +23,7 @@ image's tokens depend on its own seed, not on the images decoded beside it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -33,19 +34,41 @@ from torch import Tensor
 
 @dataclasses.dataclass(frozen=True)
 class Sampler:
-    temperature: float = 1.0  # > 0; divides the (guided) logits
+    """The sampling settings; each is checked here, so the command line and the API refuse the same values.
+
+    Valid ranges: temperature finite and > 0; top_k an integer >= 1 (None: all ids); top_p in (0, 1]
+    (None: all); cfg_scale finite and >= 0. A guidance scale s mixes u + s (c - u): 1 is plain
+    conditional sampling (no unconditional rows), s in [0, 1) moves toward the unconditional
+    distribution (0: unconditional samples), s > 1 is guidance proper. A negative s would sample
+    *against* the prompt, which no family does: refused."""
+
+    temperature: float = 1.0  # divides the (guided) logits
     top_k: int | None = None  # keep the k most likely ids; None = all
     top_p: float | None = None  # keep the smallest set with mass >= top_p; None = all
     cfg_scale: float = 1.0  # classifier-free guidance scale s; 1.0 = no unconditional rows
     cfg_on: Literal["logits", "log_probs"] = "logits"  # what the guidance formula combines
 
     def __post_init__(self):
+        def number(name, v, integer=False):
+            ok = (isinstance(v, int) if integer else isinstance(v, (int, float))) and not isinstance(v, bool)
+            if not ok or not math.isfinite(v):
+                kind = "an integer" if integer else "a finite number"
+                raise ValueError(f"{name} must be {kind}, got {v!r}")
+
+        number("temperature", self.temperature)
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1 (or None), got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] (or None), got {self.top_p}")
+        if self.top_k is not None:
+            number("top_k", self.top_k, integer=True)
+            if self.top_k < 1:
+                raise ValueError(f"top_k must be >= 1 (or None), got {self.top_k}")
+        if self.top_p is not None:
+            number("top_p", self.top_p)
+            if not 0 < self.top_p <= 1:
+                raise ValueError(f"top_p must be in (0, 1] (or None), got {self.top_p}")
+        number("cfg_scale", self.cfg_scale)
+        if self.cfg_scale < 0:
+            raise ValueError(f"cfg_scale must be >= 0 (1 = no guidance), got {self.cfg_scale}")
         if self.cfg_on not in ("logits", "log_probs"):
             raise ValueError(f"cfg_on must be 'logits' or 'log_probs', got {self.cfg_on!r}")
 

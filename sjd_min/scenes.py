@@ -79,6 +79,11 @@ class Scene:
         return f"{self.objects[0].phrase} {phrase} {self.objects[1].phrase}"
 
 
+def max_caption_words() -> int:
+    """Words in the longest caption the grammar makes (two objects and the longest relation)."""
+    return 2 * len(Obj("small", "red", "circle").phrase.split()) + max(len(p.split()) for p in RELATIONS)
+
+
 def vocabulary() -> list[str]:
     """Every word the grammar uses, in a fixed order."""
     words = ["a"] + list(SIZES) + list(COLOURS) + list(SHAPES)

@@ -225,5 +225,5 @@ def test_one_generator_per_row_makes_each_row_independent_of_its_batch(method):
     assert torch.equal(batch[1:2], alone)
     shared = run([[1, 2, 3], [3, 2, 1]], torch.Generator().manual_seed(11))
     assert not torch.equal(shared[1:2], run([[3, 2, 1]], torch.Generator().manual_seed(11)))
-    with pytest.raises(ValueError, match="2 generators for 3 rows"):
+    with pytest.raises(ValueError, match="2 generators for 3 image rows"):
         run([[1, 2, 3], [3, 2, 1], [2, 2, 2]], gens(1, 2))

@@ -150,7 +150,13 @@ class TextEncoder:
     max_length: int
 
     def features(self, texts: list[str], device) -> tuple[Float[Tensor, "b c e"], Bool[Tensor, "b c"]]:
-        ids, mask = T5.tokenize(self.tokenizer, self.config, [prepare_caption(t) for t in texts], self.max_length)
+        texts = [prepare_caption(t) for t in texts]
+        for t in texts:  # upstream truncates silently; a cut caption is not the prompt the user wrote
+            n = len(self.tokenizer.encode(t, add_special_tokens=False).ids) + 1  # + </s>
+            if n > self.max_length:
+                raise ValueError(f"the caption has {n} T5 tokens; LlamaGen takes at most {self.max_length}: "
+                                 f"{t[:60]!r}...")
+        ids, mask = T5.tokenize(self.tokenizer, self.config, texts, self.max_length)
         ids, mask = ids.to(device), mask.to(device)
         return T5.encode(self.params, self.config, ids, mask), mask
 

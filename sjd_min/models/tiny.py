@@ -30,6 +30,7 @@ from .. import transformer as T
 from ..checkpoint import WeightsError
 from ..family import Defaults, Job, Part, load_parts, transformer_part, vq_part
 from ..layout import ImageLayout, prefill_prompts
+from ..scenes import max_caption_words
 from ..sampling import Sampler
 from ..vq import vqgan as V
 
@@ -90,6 +91,9 @@ def prompt_ids(tokenizer, layout: Layout, caption: str) -> list[int]:
     """<bos> + the caption's word ids + <boi>; the empty caption is the unconditional prompt.
     ValueError for a word the tokenizer does not know."""
     ids = tokenizer.encode(caption, add_special_tokens=False).ids if caption.strip() else []
+    if len(ids) > max_caption_words():
+        raise ValueError(f"the tiny model was trained on captions of at most {max_caption_words()} words; this one "
+                         f"has {len(ids)}: {caption[:60]!r}{'...' if len(caption) > 60 else ''}")
     if layout.unk in ids or any(i >= layout.text_vocab for i in ids):
         known = sorted(w for w, i in tokenizer.get_vocab().items() if w not in SPECIALS)
         unknown = [w for w in caption.lower().split() if tokenizer.token_to_id(w) in (None, layout.unk)]
