@@ -15,6 +15,7 @@ from convert.lumina_mgpt import main as convert_main
 from lumina_release import vocabulary, write_llm, write_release, write_tokenizer, write_vqgan
 from sjd_min import transformer as T
 from sjd_min.decoding import Prefix
+from sjd_min.family import parse_config
 from sjd_min.__main__ import main as cli
 from sjd_min.checkpoint import WeightsError, flatten, read_folder
 from sjd_min.methods import METHODS, decode_job
@@ -80,7 +81,7 @@ def test_oracle_parity(oracles, tmp_path, capsys):
                             mask[:, 12:])
         assert (rest - io["logits"][:, 12:]).abs().max() <= ATOL
     assert folder_config["image_token_ids"] == io["img2bpe"].tolist()
-    vq_cfg = L._vq_config(folder_config["vq"])
+    vq_cfg = parse_config(V.VQConfig, folder_config["vq"], "vq")
     vq_params = read_folder(out, ["vq"])[1]["vq"]
     vio = load_file(str(vq / "io.safetensors"))
     with torch.no_grad():
@@ -164,7 +165,7 @@ def test_prompt_tokens(pipeline):
     assert ids[0] == vocab["<s>"]
     assert ids[-4:] == [vocab["<reserved08706>"], vocab["<racm3:break>"], vocab["<reserved08824>"],
                         vocab["<reserved08824>"]]  # 768 px = 24 grids of 32 px
-    assert lay["size_token_base"] + 24 == vocab["<reserved08824>"]
+    assert lay.size_token_base + 24 == vocab["<reserved08824>"]
     text = pipeline.tokenizer.encode("Generate an image of 768x768 according to the following prompt:\na red circle",
                                      add_special_tokens=False).ids
     assert ids[1:-4] == text and vocab["red"] in text
@@ -183,8 +184,8 @@ def test_job_layout(pipeline, size):
     assert job.layout.image_range == (lo_img, hi_img)
     lo, hi = job.constraint.lo, job.constraint.hi
     eol = torch.arange(s) * (s + 1) + s
-    assert torch.equal(lo[eol], torch.full((s,), pipeline.layout["end_of_line"])) and torch.equal(hi[eol], lo[eol] + 1)
-    assert (lo[-1], hi[-1]) == (pipeline.layout["image_end"], pipeline.layout["image_end"] + 1)
+    assert torch.equal(lo[eol], torch.full((s,), pipeline.layout.end_of_line)) and torch.equal(hi[eol], lo[eol] + 1)
+    assert (lo[-1], hi[-1]) == (pipeline.layout.image_end, pipeline.layout.image_end + 1)
     img = job.image_slots.flatten()
     assert torch.equal(lo[img], torch.full_like(img, lo_img)) and torch.equal(hi[img], torch.full_like(img, hi_img))
     assert len(img) + s + 1 == job.n_tokens
@@ -217,8 +218,8 @@ def test_every_method_keeps_the_layout(pipeline, method):
     tokens = result.tokens
     s = 64 // 16
     eol = torch.arange(s) * (s + 1) + s
-    assert (tokens[:, eol] == pipeline.layout["end_of_line"]).all()
-    assert (tokens[:, -1] == pipeline.layout["image_end"]).all()
+    assert (tokens[:, eol] == pipeline.layout.end_of_line).all()
+    assert (tokens[:, -1] == pipeline.layout.image_end).all()
     lo, hi = pipeline.image_range
     img = tokens[:, job.image_slots.flatten()]
     assert ((img >= lo) & (img < hi)).all()

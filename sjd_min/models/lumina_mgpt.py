@@ -161,7 +161,7 @@ class LuminaMGPT:
         """The CFG context of a prompt row: its tail from image-start on, or [bos, image-start]."""
         if self.preset.uncond == "bos":
             return [self.layout.bos, self.layout.image_start]
-        return row[row.index(self.layout.image_start, 1):]
+        return row[-3:]  # <racm3:break> <size> <size>
 
     def job(self, prompts: list[str], sampler: Sampler, size: int | None = None) -> Job:
         if not prompts:
