@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from convert.layouts import TAMING_VQ, VQ_PREFIX, convert_llama, llama_config, taming_key
-from convert.toolkit import DTYPES, command, convert_state, hf_state, layout, run, upstream_key
+from convert.toolkit import DTYPES, command, convert_state, describe, hf_state, layout, run, upstream_key
 from sjd_min import transformer as T
 from sjd_min.checkpoint import WeightsError, read_json
 from sjd_min.vq import emu3 as V
@@ -300,9 +300,8 @@ def build(model: Path, vq: Path | None, tokenizer: Path | None, dtype: torch.dty
                   image_area=int(info["image_area"]), max_positions=int(info["max_positions"]),
                   source=dict(layout=info["layout"], tokenizer=tok_source))
     side = round(math.sqrt(info["image_area"]))
-    lines = [f"transformer: {info['layout']} layout, {cfg.n_layers} layers, dim {cfg.dim}, {cfg.n_heads} heads / "
-             f"{cfg.kv_heads} kv, vocab {cfg.vocab_size}, rope theta {cfg.rope_theta:g}; vision tokenizer: codebook "
-             f"{vq_cfg.codebook_size} x {vq_cfg.embed_dim}, {vq_cfg.factor}x spatial, {vq_cfg.temporal_factor}x temporal",
+    lines = [f"transformer ({info['layout']} layout): {describe(cfg)}, rope theta {cfg.rope_theta:g}",
+             f"vision tokenizer: {describe(vq_cfg)}, {vq_cfg.temporal_factor}x temporal",
              f"tokenizer from {tok_source}; ids {ids}; default image {side}x{side}"]
     return config, {"transformer": params, "vq": vq_params}, {"tokenizer.json": tok.to_str().encode("utf-8")}, lines
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from convert.toolkit import (DTYPES, command, convert_state, layout, read_json_arg, refuse_contradictions, run,
+from convert.toolkit import (DTYPES, command, convert_state, describe, layout, read_json_arg, refuse_contradictions, run,
                              torch_state, upstream_key)
 from sjd_min import transformer as T
 from sjd_min.checkpoint import WeightsError, cast, from_hub
@@ -213,8 +213,7 @@ def build(args) -> tuple[dict, dict, dict, list[str]]:
         vq, has_encoder = infer_vq(sd, path.name, read_json_arg(args.vq_config))
         tensors["vq"] = convert_vq(sd, vq, has_encoder, path.name)
         config.update(vq=dataclasses.asdict(vq), sources={"vq": path.name})
-        lines.append(f"VQ {path.name}: codebook {vq.codebook_size} x {vq.embed_dim}, ch {vq.ch} x {list(vq.ch_mult)} "
-                     f"(factor {vq.factor}), {'encoder + ' if has_encoder else ''}decoder")
+        lines.append(f"VQ {path.name}: {describe(vq)}, {'encoder + ' if has_encoder else ''}decoder")
     if args.gpt:
         path = resolve_file(args.gpt)
         sd = torch_state(path)
@@ -230,8 +229,8 @@ def build(args) -> tuple[dict, dict, dict, list[str]]:
         grid = gpt.rope_grid
         config.update(task=task, preset=preset, grid=grid, transformer=dataclasses.asdict(gpt))
         config["sources"]["gpt"] = path.name
-        lines.append(f"GPT {path.name}: {task}, {preset or 'custom size'} (dim {gpt.dim}, {gpt.n_layers} layers, "
-                     f"{gpt.n_heads} heads), grid {grid}x{grid} from {source}" + (f" -> {grid * vq.factor} px" if vq else ""))
+        lines.append(f"GPT {path.name}: {task}, {preset or 'custom size'} ({describe(gpt)}), grid {grid}x{grid} "
+                     f"from {source}" + (f" -> {grid * vq.factor} px" if vq else ""))
         if vq:
             config["image_size"] = grid * vq.factor
             if vq.factor != 16 and source.startswith("the file name"):

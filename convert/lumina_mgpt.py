@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from convert.layouts import HF_LLAMA, VQ_PREFIX, convert_llama, llama_config, taming_key
-from convert.toolkit import DTYPES, command, convert_state, hf_state, layout, run, torch_state
+from convert.toolkit import DTYPES, command, convert_state, describe, hf_state, layout, run, torch_state
 from sjd_min import transformer as T
 from sjd_min.checkpoint import WeightsError, read_json
 from sjd_min.vq import vqgan as V
@@ -231,9 +231,8 @@ def build(model_dir: Path, vqgan_ckpt: Path, vqgan_yaml: Path, text_tokenizer: P
         source=dict(model=str(model_dir), vqgan=str(vqgan_ckpt), model_type=hf.get("model_type"),
                     architectures=hf.get("architectures")),
     )
-    lines = [f"transformer: {config.n_layers} layers, dim {config.dim}, {config.n_heads} heads / {config.kv_heads} kv, "
-             f"{config.norm_placement}-norm; VQGAN codebook {vq_config.codebook_size} x {vq_config.embed_dim}, "
-             f"{vq_config.factor}x; {len(img2bpe)} image tokens at ids {min(img2bpe)}..{max(img2bpe)}; size {size}"]
+    lines = [f"transformer: {describe(config)}, {config.norm_placement}-norm", f"VQGAN: {describe(vq_config)}",
+             f"{len(img2bpe)} image tokens at ids {min(img2bpe)}..{max(img2bpe)}; default size {size}"]
     if lacking:
         lines.append(f"warning: the vocabulary lacks {', '.join(lacking)}: this folder computes logits but cannot "
                      f"generate images")

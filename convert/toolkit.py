@@ -166,6 +166,15 @@ def refuse_contradictions(source: str, claimed: dict, found: dict, checkpoint: s
                            f"checkpoint?")
 
 
+def describe(config) -> str:
+    """A transformer or VQ config in a few words, for a converter's summary."""
+    if hasattr(config, "codebook_size"):
+        return f"codebook {config.codebook_size} x {config.embed_dim}, ch {config.ch} x {list(config.ch_mult)} " \
+               f"({config.factor}x)"
+    return f"{config.n_layers} layers, dim {config.dim}, {config.n_heads} heads / {config.kv_heads} kv, FFN " \
+           f"{config.ffn_dim}, vocab {config.vocab_size}"
+
+
 # ----------------------------------------------------------------------------- the command
 
 
