@@ -255,28 +255,19 @@ def load_tokenizer(folder: Path, config: dict):
 def special_ids(tok, config_ids: dict, codebook_size: int, vocab_size: int) -> dict[str, int]:
     """The special ids and the visual token offset, read from the tokenizer and checked against the
     ids the model's config names (one error for every disagreement)."""
-    ids, problems = {}, []
-    for key, name in NAMES.items():
-        i = tok.token_to_id(name)
-        if i is None:
-            problems.append(f"the tokenizer has no {name} ({key})")
-        elif config_ids.get(key) is not None and config_ids[key] != i:
-            problems.append(f"{key}: config.json says {config_ids[key]}, the tokenizer's {name} is {i}")
-        ids[key] = i
-    offset = tok.token_to_id(VISUAL.format(0))
-    if offset is None:
-        problems.append(f"the tokenizer has no visual tokens ({VISUAL.format(0)})")
-    elif config_ids.get("visual_offset") not in (None, offset):
-        problems.append(f"visual token 0: config.json says {config_ids['visual_offset']}, the tokenizer {offset}")
-    else:
-        bad = [k for k in range(codebook_size) if tok.token_to_id(VISUAL.format(k)) != offset + k]
-        if bad:
-            problems.append(f"visual tokens are not consecutive ids from {offset}: first gap at code {bad[0]}")
-        if offset + codebook_size > vocab_size:
-            problems.append(f"visual tokens {offset}..{offset + codebook_size - 1} exceed the vocabulary ({vocab_size})")
+    names = {**NAMES, "visual_offset": VISUAL.format(0)}
+    ids = {key: tok.token_to_id(name) for key, name in names.items()}
+    problems = [f"the tokenizer has no {names[k]} ({k})" for k, i in ids.items() if i is None]
+    problems += [f"{k}: config.json says {config_ids[k]}, the tokenizer's {names[k]} is {i}" for k, i in ids.items()
+                 if None not in (i, config_ids.get(k)) and config_ids[k] != i]
+    offset = ids["visual_offset"]
+    if not problems and (gap := next((k for k in range(codebook_size)
+                                      if tok.token_to_id(VISUAL.format(k)) != offset + k), None)) is not None:
+        problems.append(f"visual tokens are not consecutive ids from {offset}: first gap at code {gap}")
+    if not problems and offset + codebook_size > vocab_size:
+        problems.append(f"visual tokens {offset}..{offset + codebook_size - 1} exceed the vocabulary ({vocab_size})")
     if problems:
         raise WeightsError("the tokenizer does not fit the model:\n  " + "\n  ".join(problems))
-    ids["visual_offset"] = offset
     return ids
 
 
