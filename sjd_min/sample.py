@@ -351,26 +351,29 @@ def run_sample(args: argparse.Namespace) -> int:
         raise fail(e) from None
     ranks = Ranks(device)
     try:
-        return _run(args, ranks, settings, batches, fail)
+        pipeline, sampler, plan = _prepare(args, ranks, settings, batches, fail)
+        try:
+            made = _decode_share(args, ranks, pipeline, sampler, plan, batches)
+        except KeyboardInterrupt:
+            print(f"interrupted: the finished images stay in {args.out}; the same command with --resume continues",
+                  file=sys.stderr)
+            return 130
+        made = sum(ranks.gather(made))
     finally:
         ranks.close()
+    if rank == 0:
+        r = write_report(args.out)
+        print(f"{r['images']} of {r['expected']} image(s) in {args.out}/images, {made} made by this launch; "
+              f"report: {args.out}/report.md")
+    return 0
 
 
-def _check_prompts(pipeline, sampler: Sampler, pairs: list[tuple[str, int | None]]) -> list[str]:
-    """The (prompt, size) pairs the model refuses, each with its reason."""
-    errors = []
-    for text, size in pairs:
-        try:
-            pipeline.job([text], sampler, size)
-        except ValueError as e:
-            errors.append(str(e))
-    return errors
-
-
-def _run(args, ranks: Ranks, settings: dict, batches: list[list[Item]], fail) -> int:
+def _prepare(args, ranks: Ranks, settings: dict, batches: list[list[Item]], fail):
+    """Everything before the first image, every refusal included: the folder (rank 0), the model, the prompts
+    (each rank checks a share), then this launch's plan: which batches are still to do."""
     out = Path(args.out)
     refused = None
-    if ranks.rank == 0:  # the folder is read by rank 0 alone (other nodes may see a shared folder late)
+    if ranks.rank == 0:  # rank 0 alone reads and writes the folder's bookkeeping
         try:
             check_folder(out, settings, args.resume)
         except OutputError as e:
@@ -379,12 +382,12 @@ def _run(args, ranks: Ranks, settings: dict, batches: list[list[Item]], fail) ->
         raise fail(refused)
     try:
         pipeline = load_pipeline(args.model, device=ranks.device, dtype=getattr(torch, args.dtype) if args.dtype else None)
-        d = pipeline.defaults
-        sampler = d.sampler(cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature)
+        sampler = pipeline.defaults.sampler(cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
+                                            temperature=args.temperature)
     except (WeightsError, ValueError) as e:  # the same on every rank
         raise fail(e) from None
-    pairs = sorted({(it.prompt.text, it.size) for b in batches for it in b}, key=str)  # the model refuses none
-    errors = [e for errs in ranks.gather(_check_prompts(pipeline, sampler, pairs[ranks.rank :: ranks.world]))
+    pairs = sorted({(it.prompt.text, it.size) for b in batches for it in b}, key=str)
+    errors = [e for errs in ranks.gather(_refused_prompts(pipeline, sampler, pairs[ranks.rank :: ranks.world]))
               for e in errs]
     if errors:
         raise fail(f"{len(errors)} prompt(s) the model cannot take, e.g.: {errors[0]}")
@@ -400,14 +403,32 @@ def _run(args, ranks: Ranks, settings: dict, batches: list[list[Item]], fail) ->
         plan = dict(attempt=attempt, todo=todo, done=len(done),
                     skip=[it.key for b in todo for it in batches[b] if it.key in done])  # partly written batches
     plan = ranks.share(plan)
-    skip = {tuple(k) for k in plan["skip"]}
-    window, init = args.window or d.window, args.init or d.init
-    total = sum(len(b) for b in batches)
+    if not all(ranks.gather((out / RUN_FILE).is_file())):
+        raise fail(f"--out {out} is not the same folder for every process: on several nodes it must be on a "
+                   f"file system they all share")
+    return pipeline, sampler, plan
 
+
+def _refused_prompts(pipeline, sampler: Sampler, pairs: list[tuple[str, int | None]]) -> list[str]:
+    """The (prompt, size) pairs the model refuses, each with its reason."""
+    errors = []
+    for text, size in pairs:
+        try:
+            pipeline.job([text], sampler, size)
+        except ValueError as e:
+            errors.append(str(e))
+    return errors
+
+
+def _decode_share(args, ranks: Ranks, pipeline, sampler: Sampler, plan: dict, batches: list[list[Item]]) -> int:
+    """This rank's batches of the plan: every 'world'-th batch still to do. Returns the images it made."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, initial=plan["done"], unit="img", desc=f"{args.method} x{ranks.world}", file=sys.stderr,
-               disable=ranks.rank != 0, dynamic_ncols=True)
+    out, d = Path(args.out), pipeline.defaults
+    window, init = (None, None) if args.method == "ar" else (args.window or d.window, args.init or d.init)
+    skip = {tuple(k) for k in plan["skip"]}
+    bar = tqdm(total=sum(len(b) for b in batches), initial=plan["done"], unit="img", file=sys.stderr,
+               desc=f"{args.method} x{ranks.world}", disable=ranks.rank != 0, dynamic_ncols=True)
     last = [0.0]
 
     def tick():  # the global count: rank 0 counts the finished images in the folder, every few seconds
@@ -417,42 +438,28 @@ def _run(args, ranks: Ranks, settings: dict, batches: list[list[Item]], fail) ->
 
     made = 0
     log_path = out / "stats" / f"attempt-{plan['attempt']:03d}-rank-{ranks.rank:05d}.jsonl"
-    try:
-        with open(log_path, "a", encoding="utf-8") as log:
-            for b in plan["todo"][ranks.rank :: ranks.world]:
-                batch = batches[b]
-                started = time.time()
-                got = generate(pipeline, [it.prompt.text for it in batch], method=args.method, sampler=sampler,
-                               seed=[it.seed for it in batch], window=window, init=init, size=batch[0].size,
-                               compiled=args.compile)
-                finished = time.time()
-                for row, it in enumerate(batch):
-                    if it.key in skip:
-                        continue
-                    write_atomic(out / "images" / it.name, lambda p, im=got.images[row]: to_pil(im).save(p, format="PNG"))
-                    rec = dict(id=it.prompt.id, index=it.prompt.index, sample=it.sample, prompt=it.prompt.text,
-                               seed=it.seed, size=it.size, file=it.name, method=args.method,
-                               window=None if args.method == "ar" else window, init=None if args.method == "ar" else init,
-                               **image_stats(got.result, row, got.job.n_tokens), seconds=got.seconds / len(batch),
-                               batch=b, batch_size=len(batch), batch_seconds=got.seconds, started=started,
-                               finished=finished, attempt=plan["attempt"], rank=ranks.rank, processes=ranks.world)
-                    log.write(json.dumps(rec) + "\n")  # one write of one whole line, to this rank's own file
-                    log.flush()
-                    os.fsync(log.fileno())
-                    made += 1
-                tick()
-    except KeyboardInterrupt:
-        bar.close()
-        print(f"interrupted: the finished images are kept in {out}; continue with the same command and --resume",
-              file=sys.stderr)
-        return 130
-    ranks.wait_all(tick)
-    made = sum(ranks.gather(made))
-    if ranks.rank != 0:
-        return 0
-    bar.update(count_images(out) - bar.n)
-    bar.close()
-    report = write_report(out)
-    print(f"{report['images']} of {report['expected']} image(s) in {out}/images, {made} made by this launch; "
-          f"report: {out}/report.md")
-    return 0
+    with bar, open(log_path, "a", encoding="utf-8") as log:
+        for b in plan["todo"][ranks.rank :: ranks.world]:
+            batch, started = batches[b], time.time()
+            got = generate(pipeline, [it.prompt.text for it in batch], method=args.method, sampler=sampler,
+                           seed=[it.seed for it in batch], window=window, init=init, size=batch[0].size,
+                           compiled=args.compile)
+            when = dict(seconds=got.seconds / len(batch), batch=b, batch_size=len(batch), batch_seconds=got.seconds,
+                        started=started, finished=time.time(), attempt=plan["attempt"], rank=ranks.rank,
+                        processes=ranks.world)
+            for row, it in enumerate(batch):
+                if it.key in skip:
+                    continue
+                write_atomic(out / "images" / it.name, lambda p, im=got.images[row]: to_pil(im).save(p, format="PNG"))
+                rec = dict(id=it.prompt.id, index=it.prompt.index, sample=it.sample, prompt=it.prompt.text,
+                           seed=it.seed, size=it.size, file=it.name, method=args.method, window=window, init=init,
+                           **image_stats(got.result, row, got.job.n_tokens), **when)
+                log.write(json.dumps(rec) + "\n")  # one whole line at a time, to this rank's own file
+                log.flush()
+                os.fsync(log.fileno())  # on disk before the image counts as done
+                made += 1
+            tick()
+        ranks.wait_all(tick)
+        last[0] = 0.0
+        tick()
+    return made
