@@ -43,14 +43,16 @@ def _tree_map(fn, tree):
 
 
 def _compile(step: Callable, kind: str) -> Callable:
-    """`step` under torch.compile, once per device type (its graphs are reused across images)."""
+    """`step` under torch.compile, once per device type (its graphs are reused across images). Static
+    shapes (``dynamic=False``): a second model or window size gets a graph of its own instead of a
+    recompile of the first with symbolic shapes (slower kernels, and a CUDA graph per shape anyway)."""
     if (step, kind) not in _COMPILED:
         limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # < 2.7
         setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), GRAPHS_PER_STEP))
         if kind == "cuda":  # CUDA graphs: one launch replays the whole step
-            _COMPILED[step, kind] = torch.compile(step, fullgraph=True, mode="reduce-overhead")
+            _COMPILED[step, kind] = torch.compile(step, fullgraph=True, dynamic=False, mode="reduce-overhead")
         else:  # a C++ wrapper calls the kernels: no Python per kernel (CPU steps are launch-bound)
-            _COMPILED[step, kind] = torch.compile(step, fullgraph=True, options={"cpp_wrapper": True})
+            _COMPILED[step, kind] = torch.compile(step, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
     return _COMPILED[step, kind]
 
 
