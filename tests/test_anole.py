@@ -178,3 +178,14 @@ def test_converter_errors_write_nothing(tmp_path, vq, capsys):
     assert "overlaps the input" in capsys.readouterr().err
     assert not out.exists() and not (MODEL / "w").exists()
     assert snapshot(FIXTURE) == before
+
+
+def test_load_refuses_unknown_preset(folder, tmp_path):
+    from sjd_min.checkpoint import WeightsError
+
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**cfg, "preset": "chameleon-34b"}))
+    with pytest.raises(WeightsError, match="preset 'chameleon-34b' is not one of lumina_mgpt, anole"):
+        L.load(bad)

@@ -64,6 +64,7 @@ class TextEmbed:
 
 
 def init_text(config: TextEmbed, generator: torch.Generator) -> dict:
+    """Random text-embedding parameters: the layout of ``text.safetensors``."""
     return dict(embed=torch.randn(config.vocab_size, config.dim, generator=generator))
 
 
