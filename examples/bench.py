@@ -14,6 +14,7 @@ bandwidth).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -160,9 +161,11 @@ def forward_table(rows, rows_per_call) -> str:
 REAL = {
     # name: (preset, family fields, output tokens of one image, prompt length); the targets' model first
     "Lumina-mGPT-7B 768": ("lumina-mgpt-7B", {}, 2357, 64),
+    "Emu3-Gen-8B 720": ("emu3-gen-8B", {}, 8193, 64),
     "LlamaGen-XL t2i 512": ("llamagen-XL", dict(vocab_size=16384, rope="2d", rope_interleaved=True, rope_grid=32,
                                                  cond_len=120, cond="caption", caption_dim=2048), 1024, 120),
-    "Emu3-Gen-8B 720": ("emu3-gen-8B", {}, 8193, 64),
+    "Lumina-mGPT-2.0-7B 768": ("lumina-mgpt2-7B", {}, 2357, 64),
+    "Janus-Pro-7B 384": ("janus-pro-7B", {}, 576, 64),
 }
 
 
@@ -192,75 +195,115 @@ def time_steps(fn, iters: int, device) -> float:
     return (time.perf_counter() - t0) / iters
 
 
-def bench_real(device, window: int = 16, iters: int = 20, budget: float = 1e9) -> tuple[list[dict], float]:
-    """Step timings per real size; models not started within `budget` seconds are skipped (and said so)."""
-    t0 = time.perf_counter()
+def sdpa_backends(fn) -> list[str]:
+    """The scaled-dot-product-attention kernels one call of `fn` launches (by the profiler's kernel names):
+    flash, efficient (memory-efficient / cutlass fmha), cudnn, or math (the unfused fallback)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        sync("cuda")
+    names = {e.name.lower() for e in prof.events()}
+    found = [k for k, keys in {"flash": ("flash",), "efficient": ("efficient", "fmha", "cutlass"),
+                               "cudnn": ("cudnn",), "math": ("_scaled_dot_product_attention_math",)}.items()
+             if any(key in n for n in names for key in keys)]
+    return found or ["none seen"]
+
+
+def bench_real_one(name: str, device, window: int = 16, iters: int = 20) -> dict:
+    """Step timings of one real size (random bf16 weights, CFG: 2 model rows), eager and compiled, the SDPA
+    kernels the window step used, and compiled-vs-eager logits of the window forward in bf16."""
+    preset, fields, n_tokens, prompt_len = REAL[name]
     bw = measure_bandwidth(device)
-    rows = []
-    for name, (preset, fields, n_tokens, prompt_len) in REAL.items():
+    cfg = T.Config(**{**T.PRESETS[preset], **fields})
+    gen = torch.Generator(device=device).manual_seed(0)
+    with torch.device(device):
+        params = T.init_params(cfg, gen, dtype=torch.bfloat16)
+    weight_bytes = 2 * (T.param_count(params) - params["embed"].numel())  # the embedding is gathered, not read
+    sampler = Sampler(top_k=2000, cfg_scale=4.0)
+    x = (torch.randn(2, prompt_len, cfg.dim, device=device, dtype=torch.bfloat16) if cfg.cond == "caption"
+         else torch.randint(0, cfg.vocab_size, (2, prompt_len), device=device))
+    positions = torch.arange(prompt_len, device=device).expand(2, prompt_len)
+    model = T.model_fn(params, cfg)
+    con = Constraint.free(n_tokens, cfg.vocab_size, device=device).padded(window + 1, cfg.vocab_size)
+    row = dict(model=name, params=T.param_count(params), floor_ms=1e3 * weight_bytes / bw, bandwidth=bw)
+    jc = JacobiConfig(window=window, refresh="maximal")
+    logits = {}
+    for compiled in (False, True):
+        with torch.inference_mode():
+            pre = Prefix(*T.prefill(params, cfg, x, positions, prompt_len + n_tokens + window))
+            ar = compiled_step(ar_iteration, device) if compiled else ar_iteration
+            sj = compiled_step(sjd_iteration, device) if compiled else sjd_iteration
+            fwd = compiled_step(forward_window, device) if compiled else forward_window
+            if compiled:
+                prepare_static(model, pre.cache)
+            token = torch.zeros(1, 1, dtype=torch.long, device=device)
+            t = torch.tensor(1, device=device)
+
+            def ar_step():
+                noise = exp_noise((1, cfg.vocab_size), gen, device)
+                nxt, _ = ar(model, token, t, pre.cache, noise, pre.cache["length"], pre.position, con, sampler)
+                nxt.cpu()
+
+            state = init_state(torch.zeros(1, dtype=torch.long, device=device), n_tokens, window, cfg.vocab_size)
+            state["q"] = init_drafts(state["seq"], state["n"], state["fresh"], state["noise"], con, jc, cfg.vocab_size)
+
+            def sjd_step():
+                noise = draw_noise(gen, 1, window, cfg.vocab_size, device)
+                _, _, committed = sj(model, state, pre.cache, noise, pre.cache["length"], pre.position, con,
+                                     sampler, n_tokens, jc)
+                committed.cpu()
+
+            key = "compiled" if compiled else "eager"
+            row[f"ar_{key}_ms"] = 1e3 * time_steps(ar_step, iters, device)
+            row[f"w_{key}_ms"] = 1e3 * time_steps(sjd_step, iters, device)
+            tokens = torch.randint(0, cfg.vocab_size, (2, window), generator=torch.Generator().manual_seed(1))
+            logits[key] = fwd(model, tokens.to(device), pre.position[:, None] + torch.arange(window, device=device),
+                              pre.cache)[0].float().clone()
+            if not compiled:
+                row["sdpa"] = sdpa_backends(sjd_step)
+        del pre
+    diff = (logits["compiled"] - logits["eager"]).abs()
+    row["bf16_max_abs_diff"] = float(diff.max())
+    row["bf16_logit_scale"] = float(logits["eager"].abs().max())
+    return row
+
+
+def forward_window(model, tokens, positions, cache):
+    """The model call alone, as a step (so that it can be compiled like one)."""
+    return model(tokens, positions, cache)
+
+
+def bench_real(device, window: int = 16, iters: int = 20, budget: float = 1e9) -> tuple[list[dict], float]:
+    """Every real size in this process (``--real``); ``gpu_check.py`` runs them one per process instead."""
+    t0, rows = time.perf_counter(), []
+    for name in REAL:
         if time.perf_counter() - t0 > budget:
             print(f"skipped {name}: time budget spent", flush=True)
             continue
-        cfg = T.Config(**{**T.PRESETS[preset], **fields})
-        gen = torch.Generator(device=device).manual_seed(0)
-        with torch.device(device):
-            params = T.init_params(cfg, gen, dtype=torch.bfloat16)
-        weight_bytes = 2 * (T.param_count(params) - params["embed"].numel())  # the embedding is gathered, not read
-        sampler = Sampler(top_k=2000, cfg_scale=4.0)
-        x = (torch.randn(2, prompt_len, cfg.dim, device=device, dtype=torch.bfloat16) if cfg.cond == "caption"
-             else torch.randint(0, cfg.vocab_size, (2, prompt_len), device=device))
-        positions = torch.arange(prompt_len, device=device).expand(2, prompt_len)
-        model = T.model_fn(params, cfg)
-        con = Constraint.free(n_tokens, cfg.vocab_size, device=device).padded(window + 1, cfg.vocab_size)
-        row = dict(model=name, params=T.param_count(params), floor_ms=1e3 * weight_bytes / bw)
-        for compiled in (False, True):
-            with torch.inference_mode():
-                pre = Prefix(*T.prefill(params, cfg, x, positions, prompt_len + n_tokens + window))
-                ar = compiled_step(ar_iteration, device) if compiled else ar_iteration
-                sj = compiled_step(sjd_iteration, device) if compiled else sjd_iteration
-                if compiled:
-                    prepare_static(model, pre.cache)
-                token = torch.zeros(1, 1, dtype=torch.long, device=device)
-                t = torch.tensor(1, device=device)
-
-                def ar_step():
-                    noise = exp_noise((1, cfg.vocab_size), gen, device)
-                    nxt, _ = ar(model, token, t, pre.cache, noise, pre.cache["length"], pre.position, con, sampler)
-                    nxt.cpu()
-
-                jc = JacobiConfig(window=window, refresh="maximal")
-                state = init_state(torch.zeros(1, dtype=torch.long, device=device), n_tokens, window, cfg.vocab_size)
-                state["q"] = init_drafts(state["seq"], state["n"], state["fresh"], state["noise"], con, jc,
-                                         cfg.vocab_size)
-
-                def sjd_step():
-                    noise = draw_noise(gen, 1, window, cfg.vocab_size, device)
-                    _, _, committed = sj(model, state, pre.cache, noise, pre.cache["length"], pre.position, con,
-                                         sampler, n_tokens, jc)
-                    committed.cpu()
-
-                key = "compiled" if compiled else "eager"
-                row[f"ar_{key}_ms"] = 1e3 * time_steps(ar_step, iters, device)
-                row[f"w_{key}_ms"] = 1e3 * time_steps(sjd_step, iters, device)
-            del pre
-        rows.append(row)
-        print(f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k.endswith("_ms")), flush=True)
-        del params, model
+        rows.append(bench_real_one(name, device, window, iters))
+        print(f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in rows[-1].items() if k.endswith("_ms")), flush=True)
         torch.cuda.empty_cache()
-    return rows, bw
+    return rows, (rows[0]["bandwidth"] if rows else float("nan"))
+
+
+BF16_TOLERANCE = 0.05  # compiled vs eager window logits: max |diff| / max |logit| in bf16 (8-bit mantissa, ~32 layers)
 
 
 def real_table(rows, bw, window) -> str:
     out = [f"Random bf16 weights at the real sizes, CFG (2 model rows), measured bandwidth {bw / 1e12:.2f} TB/s; "
            f"floor = weight bytes (embedding excluded) / bandwidth. One step = noise draw + model call + sampling "
-           f"/ verification + the host read of the result.\n",
+           f"/ verification + the host read of the result. SDPA: the attention kernels the window step launched. "
+           f"bf16: max |compiled - eager| of the window logits over max |logit| (tolerance {BF16_TOLERANCE}).\n",
            f"| model | params | floor ms | AR eager ms | AR compiled ms | W={window} eager ms | "
-           f"W={window} compiled ms | window / AR (compiled) | AR compiled / floor |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           f"W={window} compiled ms | window / AR (compiled) | AR compiled / floor | SDPA | bf16 compiled vs eager |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r['model']} | {r['params'] / 1e9:.2f}B | {r['floor_ms']:.2f} | {r['ar_eager_ms']:.2f} | "
                    f"{r['ar_compiled_ms']:.2f} | {r['w_eager_ms']:.2f} | {r['w_compiled_ms']:.2f} | "
-                   f"{r['w_compiled_ms'] / r['ar_compiled_ms']:.2f}x | {r['ar_compiled_ms'] / r['floor_ms']:.2f}x |")
+                   f"{r['w_compiled_ms'] / r['ar_compiled_ms']:.2f}x | {r['ar_compiled_ms'] / r['floor_ms']:.2f}x | "
+                   f"{', '.join(r.get('sdpa', ['?']))} | "
+                   f"{r.get('bf16_max_abs_diff', float('nan')) / max(r.get('bf16_logit_scale', 1.0), 1e-9):.4f} |")
     return "\n".join(out)
 
 
@@ -299,6 +342,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-compile", action="store_true", help="eager only")
     ap.add_argument("--real", action="store_true", help="also time real-size random models (CUDA only)")
     ap.add_argument("--real-only", action="store_true")
+    ap.add_argument("--real-one", choices=list(REAL), default=None,
+                    help="time one real size and print its row as JSON (gpu_check.py runs each in its own process)")
     ap.add_argument("--real-budget", type=float, default=1e9, help="seconds after which no new real size starts")
     ap.add_argument("--threads", type=int, default=1,
                     help="CPU threads (default 1: small models lose to thread start-up, and a busy machine "
@@ -306,6 +351,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.real_one:
+        print("ROW " + json.dumps(bench_real_one(args.real_one, args.device)), flush=True)
+        return 0
     sections = [f"# Benchmarks\n\nWritten by `examples/bench.py` (`make bench`). {device_line(args.device)}\n"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
