@@ -178,11 +178,12 @@ def acceptance_png(methods: dict, width: int = 520, height: int = 300):
         draw.rectangle([left + 8 + 110 * m, 8, left + 18 + 110 * m, 18], fill=colour)
         draw.text((left + 22 + 110 * m, 7), name, fill="black")
     draw.text((left + plot_w // 2 - 80, height - 16), "tokens committed by a model call", fill="black")
+    draw.text((width - right - 120, 7), "share of model calls", fill="black")
     return img
 
 
-def _pm(s: dict, fmt: str) -> str:
-    return f"{s['mean']:{fmt}} ± {s['std']:{fmt}} (range {s['min']:{fmt}}-{s['max']:{fmt}})"
+def _pm(s: dict, fmt: str, unit: str = "") -> str:
+    return f"{s['mean']:{fmt}}{unit} ± {s['std']:{fmt}} (range {s['min']:{fmt}}{unit}-{s['max']:{fmt}}{unit})"
 
 
 def _rate(x) -> str:
@@ -198,7 +199,7 @@ def markdown(out: Path, r: dict) -> str:
     lines += ["| method | images | model calls / image | step compression / image | tokens / call, all images |",
               "|---|---|---|---|---|"]
     for name, m in r["methods"].items():
-        lines.append(f"| {name} | {m['images']} | {_pm(m['model_calls'], '.1f')} | {_pm(m['step_compression'], '.2f')}x"
+        lines.append(f"| {name} | {m['images']} | {_pm(m['model_calls'], '.1f')} | {_pm(m['step_compression'], '.2f', 'x')}"
                      f" | {m['tokens_per_call']:.2f} |")
     lines += ["", "Mean ± standard deviation over images; standard errors of the means: " + ", ".join(
         f"{name} {m['model_calls']['sem']:.2f} calls, {m['step_compression']['sem']:.3f}x"
@@ -272,7 +273,7 @@ def compare(a: str | Path, b: str | Path) -> str:
     for label, run, r in (("A", a, ra), ("B", b, rb)):
         for m, x in r["methods"].items():
             lines.append(f"| {label}: `{run.name}` | {m} | {x['images']} | {_pm(x['model_calls'], '.1f')} | "
-                         f"{_pm(x['step_compression'], '.2f')}x |")
+                         f"{_pm(x['step_compression'], '.2f', 'x')} |")
     lines += ["", "| id | prompt | calls A | calls B | compression A | compression B | B / A |",
               "|---|---|---|---|---|---|---|"]
     for pid, ratio in zip(common, ratios):

@@ -192,6 +192,16 @@ def test_seeds_and_batches_do_not_depend_on_the_launch():
     assert [it.seed for b in other for it in b][:3] != seeds[:3]
 
 
+def test_jsonl_prompt_files(tmp_path):
+    f = tmp_path / "c2i.jsonl"
+    f.write_text('{"prompt": 207, "id": "retriever", "seed": 3, "size": 256, "tag": "ignored"}\n\n'
+                 '{"prompt": " a red circle "}\n')
+    assert read_prompts(f) == [Prompt(0, "retriever", "207", seed=3, size=256), Prompt(1, "1", "a red circle")]
+    g = tmp_path / "c2i.txt"
+    g.write_text("207\n{not json: a plain-text prompt}\n")
+    assert [p.text for p in read_prompts(g)] == ["207", "{not json: a plain-text prompt}"]
+
+
 # ----------------------------------------------------------------------------- bad input, refused before any work
 
 
