@@ -36,8 +36,8 @@ if __package__ in (None, ""):  # run as `python convert/anole.py`: make the repo
 
 from convert.lumina_mgpt import (check_text_tokenizer, convert_vqgan, image_token_ids, layout_ids, read_vqgan_ckpt,
                                  read_vqgan_yaml)
-from convert.toolkit import (DTYPES, command, convert_state, layout, refuse_contradictions, run, torch_state,
-                             upstream_key)
+from convert.toolkit import (DTYPES, command, convert_state, describe, layout, refuse_contradictions, run,
+                             torch_state, upstream_key)
 from sjd_min import transformer as T
 from sjd_min.checkpoint import WeightsError, read_json
 from sjd_min.models.lumina_mgpt import FAMILY, PRESETS, needed_ids
@@ -142,11 +142,9 @@ def build(model_dir: Path, vqgan_ckpt: Path, vqgan_yaml: Path, text_tokenizer: P
         layout=ids, image_token_ids=img2bpe, image_size=size, text_tokenizer="text_tokenizer.json",
         source=dict(model=str(model_dir), vqgan=str(vqgan_ckpt), format="meta consolidated.pth"),
     )
-    lines = [f"transformer: {config.n_layers} layers, dim {config.dim}, {config.n_heads} heads / {config.kv_heads} kv, "
-             f"FFN {config.ffn_dim}, vocab {config.vocab_size}, RoPE on adjacent pairs, "
-             f"{tree['layers'][0]['attn']['wq'].dtype}",
-             f"vq: codebook {vq_config.codebook_size}x{vq_config.embed_dim}, {vq_config.factor}x; "
-             f"{len(img2bpe)} image tokens at ids {min(img2bpe)}..{max(img2bpe)}; default size {size} px"]
+    lines = [f"transformer: {describe(config)}, RoPE on adjacent pairs, {tree['norm'].dtype}",
+             f"VQGAN: {describe(vq_config)}; {len(img2bpe)} image tokens at ids {min(img2bpe)}..{max(img2bpe)}; "
+             f"default size {size} px"]
     return folder_config, {"transformer": tree, "vq": vq}, {"text_tokenizer.json": text_tokenizer}, lines
 
 

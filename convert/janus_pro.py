@@ -38,9 +38,9 @@ if __package__ in (None, ""):  # run as `python convert/janus_pro.py`: make the 
 
 from convert.layouts import HF_LLAMA, llama_config
 from convert.llamagen import convert_vq, infer_vq
-from convert.toolkit import DTYPES, command, convert_state, hf_state, layout, run, upstream_key
+from convert.toolkit import DTYPES, command, convert_state, describe, hf_state, layout, run, upstream_key
 from sjd_min import transformer as T
-from sjd_min.checkpoint import WeightsError, flatten, read_json
+from sjd_min.checkpoint import WeightsError, read_json
 from sjd_min.models.janus_pro import FAMILY, Ids, TextEmbed
 
 GRID = 24  # codes per side: upstream's image_token_num_per_image = 576 (384 px with VQ-16)
@@ -165,14 +165,11 @@ def build(model_dir: Path, tokenizer: Path, size: int | None, dtype: torch.dtype
         text_tokenizer="tokenizer.json", source=dict(model=str(model_dir), model_type=hf.get("model_type")),
     )
     tensors = {"transformer": params, "text": {"embed": lm[text_key]}, "vq": vq}
-    n_llm, n_vq = (sum(t.numel() for t in flatten(tree).values()) for tree in (params, vq))
-    lines = [f"transformer: {n_llm:,} parameters, {config.n_layers} layers, dim {config.dim}, {config.n_heads} heads, "
-             f"{config.vocab_size} image codes, head MLP {config.head_hidden}, "
-             f"{flatten(params)['layers.0.attn.wq'].dtype} (image-code table {params['embed'].dtype})",
+    lines = [f"transformer: {describe(config)} (the image codes), gen_head width {config.head_hidden}, "
+             f"{params['norm'].dtype} (code table {params['embed'].dtype})",
              f"text embedding: {text.vocab_size} ids; bos {ids['bos']}, pad {ids['pad']}, "
              f"<begin_of_image> {ids['image_start']}",
-             f"vq: {n_vq:,} parameters, codebook {vq_config.codebook_size}x{vq_config.embed_dim}, "
-             f"{vq_config.factor}x; default size {size} px ({size // vq_config.factor}^2 codes)"]
+             f"VQ: {describe(vq_config)}; default size {size} px ({size // vq_config.factor}^2 codes)"]
     return folder_config, tensors, {"tokenizer.json": tokenizer}, lines
 
 
