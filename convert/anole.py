@@ -31,8 +31,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-if __package__ in (None, ""):  # run as `python convert/anole.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from convert.lumina_mgpt import (check_text_tokenizer, convert_vqgan, image_token_ids, layout_ids, read_vqgan_ckpt,
                                  read_vqgan_yaml)

@@ -33,8 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-if __package__ in (None, ""):  # run as `python convert/janus_pro.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from convert.layouts import HF_LLAMA, llama_config
 from convert.llamagen import convert_vq, infer_vq
