@@ -31,7 +31,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-
 from convert.lumina_mgpt import (check_text_tokenizer, convert_vqgan, image_token_ids, layout_ids, read_vqgan_ckpt,
                                  read_vqgan_yaml)
 from convert.toolkit import (DTYPES, command, convert_state, describe, layout, refuse_contradictions, run,

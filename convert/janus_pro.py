@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
 from convert.layouts import HF_LLAMA, llama_config
 from convert.llamagen import convert_vq, infer_vq
 from convert.toolkit import DTYPES, command, convert_state, describe, hf_state, layout, run, upstream_key
