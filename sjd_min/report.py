@@ -199,7 +199,8 @@ def markdown(out: Path, r: dict) -> str:
     lines += ["| method | images | model calls / image | step compression / image | tokens / call, all images |",
               "|---|---|---|---|---|"]
     for name, m in r["methods"].items():
-        lines.append(f"| {name} | {m['images']} | {_pm(m['model_calls'], '.1f')} | {_pm(m['step_compression'], '.2f', 'x')}"
+        lines.append(f"| {name} | {m['images']} | {_pm(m['model_calls'], '.1f')} | "
+                     f"{_pm(m['step_compression'], '.2f', 'x')}"
                      f" | {m['tokens_per_call']:.2f} |")
     lines += ["", "Mean ± standard deviation over images; standard errors of the means: " + ", ".join(
         f"{name} {m['model_calls']['sem']:.2f} calls, {m['step_compression']['sem']:.3f}x"
@@ -222,7 +223,8 @@ def markdown(out: Path, r: dict) -> str:
     for a in r["attempts"]:
         when = datetime.fromtimestamp(a["started"], timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         v = ", ".join(f"{k} {val}" for k, val in a["versions"].items() if val)
-        lines.append(f"- {a['attempt']}: {when}, {a['processes']} process(es) on {', '.join(sorted(set(a['devices'])))}: "
+        devices = ", ".join(sorted(set(a["devices"])))
+        lines.append(f"- {a['attempt']}: {when}, {a['processes']} process(es) on {devices}: "
                      f"`{a['command']}` ({v})")
     lines += ["", "## Settings", "", "```json", json.dumps(r["settings"], indent=2), "```", ""]
     return "\n".join(lines)
@@ -258,7 +260,8 @@ def compare(a: str | Path, b: str | Path) -> str:
     common = [pid for pid in pa if pid in pb]
     for pid in common:
         if pa[pid][0] != pb[pid][0]:
-            raise ValueError(f"prompt id {pid} is {pa[pid][0]!r} in {a} but {pb[pid][0]!r} in {b}: not the same prompt set")
+            raise ValueError(f"prompt id {pid} is {pa[pid][0]!r} in {a} but {pb[pid][0]!r} in {b}: "
+                             f"not the same prompt set")
     if not common:
         raise ValueError(f"{a} and {b} have no finished prompt in common")
     ratios = [pb[pid][2] / pa[pid][2] for pid in common]
@@ -267,7 +270,8 @@ def compare(a: str | Path, b: str | Path) -> str:
     ra, rb = summarize(read_stats(a)), summarize(read_stats(b))
     lines = [f"# `{b.name}` ({'/'.join(rb['methods'])}) against `{a.name}` ({'/'.join(ra['methods'])})", "",
              f"{len(common)} prompts in both runs ({len(pa)} in A, {len(pb)} in B). Step-compression ratio B / A per "
-             f"prompt: mean {s['mean']:.3f} ± {s['std']:.3f} (standard error {s['sem']:.3f}), geometric mean {geo:.3f}, "
+             f"prompt: mean {s['mean']:.3f} ± {s['std']:.3f} (standard error {s['sem']:.3f}), "
+             f"geometric mean {geo:.3f}, "
              f"range {s['min']:.3f}-{s['max']:.3f}.", "",
              "| run | method | images | model calls / image | step compression / image |", "|---|---|---|---|---|"]
     for label, run, r in (("A", a, ra), ("B", b, rb)):

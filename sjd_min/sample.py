@@ -271,7 +271,8 @@ def rank_device(device: str | None) -> torch.device:
     d = resolve_device(device)
     if d.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         if d.index is not None:
-            raise ValueError(f"--device {device}: with several processes each takes cuda:LOCAL_RANK; pass --device cuda")
+            raise ValueError(f"--device {device}: with several processes each takes cuda:LOCAL_RANK; "
+                             f"pass --device cuda")
         d = resolve_device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
     return d
 
@@ -381,7 +382,8 @@ def _prepare(args, ranks: Ranks, settings: dict, batches: list[list[Item]], fail
     if (refused := ranks.share(refused)) is not None:
         raise fail(refused)
     try:
-        pipeline = load_pipeline(args.model, device=ranks.device, dtype=getattr(torch, args.dtype) if args.dtype else None)
+        dtype = getattr(torch, args.dtype) if args.dtype else None
+        pipeline = load_pipeline(args.model, device=ranks.device, dtype=dtype)
         sampler = pipeline.defaults.sampler(cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
                                             temperature=args.temperature)
     except (WeightsError, ValueError) as e:  # the same on every rank

@@ -132,7 +132,8 @@ def test_a_killed_rank_loses_only_its_images_in_flight(reference, prompt_file, t
 
 
 def test_the_report_is_the_jsonl_summed_up(reference):
-    lines = [json.loads(line) for f in sorted((reference / "stats").glob("*.jsonl")) for line in f.read_text().splitlines()]
+    lines = [json.loads(line) for f in sorted((reference / "stats").glob("*.jsonl"))
+             for line in f.read_text().splitlines()]
     assert len(lines) == N and len({(x["index"], x["sample"]) for x in lines}) == N
     for x in lines:  # an image's histogram accounts for its calls and its tokens
         hist = x["committed_per_call"]
@@ -147,8 +148,8 @@ def test_the_report_is_the_jsonl_summed_up(reference):
     assert m["step_compression"]["mean"] == pytest.approx(sum(73 / c for c in calls) / N)
     assert m["tokens_per_call"] == pytest.approx(N * 73 / sum(calls))
     width = max(len(x["committed_per_call"]) for x in lines)
-    assert m["committed_per_call"] == [sum(x["committed_per_call"][k] for x in lines if k < len(x["committed_per_call"]))
-                                       for k in range(width)]
+    padded = [x["committed_per_call"] + [0] * (width - len(x["committed_per_call"])) for x in lines]
+    assert m["committed_per_call"] == [sum(h[k] for h in padded) for k in range(width)]
     assert 1 < m["tokens_per_call"] < 8  # SJD with the tiny model's window 8 commits several tokens a call
     md = (reference / "report.md").read_text()
     assert f"| maximal | {N} | {m['model_calls']['mean']:.1f} ± {m['model_calls']['std']:.1f}" in md
@@ -174,7 +175,8 @@ def test_two_runs_side_by_side(prompt_file, tmp_path, one_thread, capsys):
     for pid in ("red", "yellow"):
         recs = [r for r in read_stats(mc).records.values() if r["id"] == pid]
         ratio = sum(r["step_compression"] for r in recs) / len(recs)  # AR compresses nothing: 1.0
-        assert f"| 73.0 | {sum(r['model_calls'] for r in recs) / len(recs):.1f} | 1.00x | {ratio:.2f}x | {ratio:.3f} |" in text
+        calls = sum(r["model_calls"] for r in recs) / len(recs)
+        assert f"| 73.0 | {calls:.1f} | 1.00x | {ratio:.2f}x | {ratio:.3f} |" in text
     assert compare(ar, mc) == text
     assert "exists; name a new file" in refused(["report", str(ar), str(mc), "--out", str(tmp_path / "cmp.md")], capsys)
 
