@@ -7,6 +7,13 @@ A decoder sees the model only as ``ModelFn``: ``(tokens [r, t], positions [r, t]
 it forward, rolling back is not moving it past the committed tokens. Any function with this
 contract works: the transformer, or a toy model in the tests. Under CFG, r = 2b and rows
 [b, 2b) are the unconditional copies of rows [0, b); they are fed the same output tokens.
+
+The Jacobi decoder passes its window's shape as ``tree=`` (``sjd_min/tree.py``; the AR decoder
+passes nothing, which means a chain): a dict with ``ancestors`` [t, t] (token i sees window token j
+where ancestors[i, j]: its path from the window's root; a chain: j <= i) and ``move_from`` /
+``move_to`` [r, m] cache slots: before writing the window, the model copies the entries at
+``move_from`` to ``move_to`` (the previous window's accepted path, made consecutive; on a chain
+the two are equal, so a model that only ever sees chains may ignore them).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from torch import Tensor
 
 from .sampling import Sampler
 
-ModelFn = Callable[[Tensor, Tensor, dict], tuple[Tensor, dict]]
+ModelFn = Callable[..., tuple[Tensor, dict]]  # (tokens, positions, cache, tree=None) -> (logits, cache)
 Runner = Callable[[Callable], Callable]  # how a decoder runs its fixed-shape step: as is, or compiled
 
 

@@ -275,6 +275,7 @@ def forward(
     positions: Int[Tensor, "b t"],
     cache: Cache,
     mask: Bool[Tensor, "b t"] | None = None,
+    tree: dict | None = None,
 ) -> tuple[Float[Tensor, "b t v"], Cache]:
     """Logits for a window of tokens (ids, or embeddings for condition tokens).
 
@@ -283,6 +284,11 @@ def forward(
     padding). ``mask`` marks padding (False) among the new tokens; a padded slot stays visible only
     to itself, as in LlamaGen. The cache comes back with the window written and ``length``
     unchanged: moving ``length`` (commit or roll back) is the caller's decision.
+
+    ``tree`` (a tree-shaped Jacobi window, ``sjd_min/tree.py``): window token i sees, of the window,
+    only the tokens ``tree["ancestors"][i]`` marks (its path from the root; a chain: all earlier
+    ones); before the window is written, the keys and values at slots ``tree["move_from"]`` [b, m]
+    are copied to ``tree["move_to"]`` (the previous window's accepted path, made consecutive).
     """
     c = config
     b, t = x.shape[:2]
@@ -293,9 +299,20 @@ def forward(
     # write, where a scatter_ into a layer's cache costs a copy of that whole cache per step.
     rows = torch.arange(b, device=h.device)[:, None]
     valid.index_put_((rows, slots), mask if mask is not None else torch.ones_like(slots, dtype=torch.bool))
-    write_at = (rows[..., None], torch.arange(c.kv_heads, device=h.device)[:, None], slots[:, None, :])
-    key_slot = torch.arange(valid.shape[1], device=h.device)  # S
-    attend = (key_slot <= slots[..., None]) & (valid[:, None, :] | (key_slot == slots[..., None]))  # b t S
+    heads = torch.arange(c.kv_heads, device=h.device)[:, None]
+    write_at = (rows[..., None], heads, slots[:, None, :])
+    if tree is not None:  # the last tree window's accepted path -> consecutive slots (one gather, then writes)
+        move_from = (rows[..., None], heads, tree["move_from"][:, None, :])
+        move_to = (rows[..., None], heads, tree["move_to"][:, None, :])
+        for layer_k, layer_v in zip(cache["k"], cache["v"]):
+            layer_k.index_put_(move_to, layer_k[move_from])
+            layer_v.index_put_(move_to, layer_v[move_from])
+    window = tree["ancestors"] if tree is not None else torch.ones(t, t, dtype=torch.bool, device=h.device).tril()
+    rel = torch.arange(valid.shape[1], device=h.device) - cache["length"][:, None]  # b S: key slot in the window
+    inside = (rel >= 0) & (rel < t)
+    own = rel[:, None, :] == torch.arange(t, device=h.device)[:, None]  # b t S: the token's own slot
+    sees = window[:, rel.clamp(0, t - 1)].transpose(0, 1) & (valid[:, None, :] | own)  # b t S, window keys
+    attend = torch.where(inside[:, None, :], sees, ((rel < 0) & valid)[:, None, :])  # b t S
     cos, sin = rope_angles(c, positions)
     for i, layer in enumerate(params["layers"]):
         if c.norm_placement == "pre":
@@ -333,6 +350,7 @@ def prefill(
 ) -> tuple[Float[Tensor, "b v"], Cache, Int[Tensor, " b"], int]:
     """Run the prompt into a fresh cache of `capacity` slots: the fields of ``decoding.Prefix`` (the state
     every decoder starts from): last logits, the cache, the next RoPE position and the capacity."""
+    check_inputs(params, config, x, positions, mask)
     b, t = x.shape[:2]
     if t < 1:
         raise ValueError("the prompt is empty")
@@ -344,21 +362,6 @@ def prefill(
     return logits[:, -1], cache, positions[:, -1] + 1, capacity
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class TransformerFn:
-    """The transformer as the decoders see it: (tokens, positions, cache) -> (logits, cache).
-    Keeps `params` visible so the compiled path can mark the weights static."""
-
-    params: Params
-    check_inputs(params, config, x, positions, mask)
-    config: Config
-
-    def __call__(self, tokens, positions, cache):
-        return forward(self.params, self.config, tokens, positions, cache)
-
-
-def model_fn(params: Params, config: Config) -> TransformerFn:
-    return TransformerFn(params, config)
 def check_inputs(params: Params, config: Config, x: Tensor, positions: Tensor, mask: Tensor | None) -> None:
     """ValueError naming the argument where inputs or params do not fit the config (the compiled step
     itself checks nothing: it runs only on what the prefill accepted)."""
@@ -384,3 +387,17 @@ def check_inputs(params: Params, config: Config, x: Tensor, positions: Tensor, m
                          f"(expected {c.n_layers})")
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class TransformerFn:
+    """The transformer as the decoders see it: (tokens, positions, cache, tree) -> (logits, cache).
+    Keeps `params` visible so the compiled path can mark the weights static."""
+
+    params: Params
+    config: Config
+
+    def __call__(self, tokens, positions, cache, tree=None):
+        return forward(self.params, self.config, tokens, positions, cache, tree=tree)
+
+
+def model_fn(params: Params, config: Config) -> TransformerFn:
+    return TransformerFn(params, config)

@@ -30,18 +30,21 @@ def run(method: str, seed: int, compile_step: bool, device: str):
                    for layer in v]) for k, v in params.items()}
     prompt = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(1))
     rows = torch.cat([prompt, prompt.flip(1)]).to(device)
-    pre = Prefix(*T.prefill(params, CFG, rows, torch.arange(5, device=device).expand(4, 5), 5 + N + 4))
+    jc = JacobiConfig(window=4, refresh=method if method in REFRESH_MODES else "maximal", init="vertical",
+                      row_width=10)
+    if method == "tree":  # a tree window: maximal refresh, two levels of two candidates, then a chain
+        jc = JacobiConfig(window=9, refresh="maximal", init="vertical", row_width=10, branches=(2, 2))
+    pre = Prefix(*T.prefill(params, CFG, rows, torch.arange(5, device=device).expand(4, 5), 5 + N + jc.window))
     gen = torch.Generator(device=device).manual_seed(seed)
     con = Constraint.range(N, 2, 64, device=device).force(9, 1).force(19, 1)  # rows of 9 + an end token
     runner = compiled if compile_step else (lambda model, prefix: eager)
     if method == "ar":
         return ar_decode(T.model_fn(params, CFG), pre, N, SAMPLER, con, gen, run=runner(T.model_fn(params, CFG), pre))
-    jc = JacobiConfig(window=4, refresh=method, init="vertical", row_width=10)
     return sjd_decode(T.model_fn(params, CFG), pre, N, SAMPLER, con, gen, jc, run=runner(T.model_fn(params, CFG), pre))
 
 
 def main(device: str) -> None:
-    for method in ["ar", *REFRESH_MODES]:
+    for method in ["ar", *REFRESH_MODES, "tree"]:
         case = dict(method=method)
         try:
             torch._dynamo.config.error_on_recompile = False

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 CASES = Path(__file__).with_name("compile_cases.py")
-METHODS = ["ar", "independent", "maximal", "gumbel"]
+METHODS = ["ar", "independent", "maximal", "gumbel", "tree"]
 
 
 def compile_results(device: str) -> dict[str, dict]:

@@ -89,7 +89,7 @@ def test_vertical_drafts_speed_up_a_repetitive_model():
     """A model whose rows repeat: vertical drafts must be accepted far more often than random ones."""
     width = 6
 
-    def model(tokens, positions, cache):  # next token = the token one row up (deterministic)
+    def model(tokens, positions, cache, tree=None):  # next token = the token one row up; chains only
         slots = cache["length"][:, None] + torch.arange(tokens.shape[1])
         buf = cache["tokens"].scatter(1, slots, tokens)
         up = buf.gather(1, (slots + 1 - width).clamp_min(0))

@@ -22,7 +22,7 @@ class ToyModel:
         g = torch.Generator().manual_seed(seed)
         self.vocab = vocab
         self.table = torch.randn(4093, vocab, generator=g) * sharpness
-        self.weights = torch.randint(1, HASH, (64,), generator=g)
+        self.weights = torch.randint(1, HASH, (256,), generator=g)  # one per sequence slot
         self.calls = 0
 
     def logits_of(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -30,12 +30,24 @@ class ToyModel:
         h = ((tokens + 1) * self.weights[: tokens.shape[1]]).cumsum(1) % 4093
         return self.table[h]
 
-    def __call__(self, tokens, positions, cache):
+    def __call__(self, tokens, positions, cache, tree=None):
+        """The model-function contract (``sjd_min.decoding``), trees included: a window token's logits
+        follow from the committed prefix and its own path from the window's root."""
         self.calls += 1
-        slots = cache["length"][:, None] + torch.arange(tokens.shape[1])
-        buf = cache["tokens"].scatter(1, slots, tokens)
-        logits = self.logits_of(buf).gather(1, slots[..., None].expand(-1, -1, self.vocab))
-        return logits, {**cache, "tokens": buf}
+        t = tokens.shape[1]
+        buf = cache["tokens"]
+        ancestors = torch.ones(t, t, dtype=torch.bool).tril()
+        if tree is not None:
+            ancestors = tree["ancestors"]
+            buf = buf.scatter(1, tree["move_to"], buf.gather(1, tree["move_from"]))  # the accepted path, moved
+        length = cache["length"][:, None]
+        buf = buf.scatter(1, length + torch.arange(t), tokens)
+        depth = ancestors.sum(1) - 1  # t: a token's place on its path
+        committed = (((buf + 1) * self.weights[: buf.shape[1]]) * (torch.arange(buf.shape[1]) < length)).sum(1)
+        mine = (tokens + 1) * self.weights[length + depth]  # r t: each window token's term of the hash
+        on_path = (mine.double() @ ancestors.double().T).long()  # r t: exact below 2**53
+        h = (committed[:, None] + on_path) % 4093
+        return self.table[h], {**cache, "tokens": buf}
 
     def prefix(self, prompts: list[list[int]], capacity: int) -> Prefix:
         """Rows are prompts (equal length); under CFG pass the unconditional prompts after them."""
