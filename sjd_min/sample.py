@@ -193,10 +193,22 @@ def image_stats(result: Result, row: int, n_tokens: int) -> dict:
 # ----------------------------------------------------------------------------- the run folder
 
 
+def model_identity(folder: str | Path) -> dict:
+    """A weights folder by content, not by path (a checkout or a copy elsewhere is the same model): the folder's
+    name and a hash of its config.json and of its files' names and sizes (hashing the weights would take long)."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"--model {folder} is not a converted weights folder (no config.json)")
+    h = hashlib.sha256((folder / "config.json").read_bytes())
+    for f in sorted(folder.iterdir()):
+        h.update(f"{f.name}:{f.stat().st_size};".encode())
+    return dict(folder=folder.resolve().name, sha256=h.hexdigest())
+
+
 def run_settings(args: argparse.Namespace, prompts: list[Prompt], device: torch.device) -> dict:
     """Everything that fixes the images: a run is continued only with exactly these (as JSON stores them)."""
     digest = hashlib.sha256(json.dumps([dataclasses.asdict(p) for p in prompts]).encode()).hexdigest()
-    settings = dict(model=str(Path(args.model).resolve()), method=args.method, window=args.window, init=args.init,
+    settings = dict(model=model_identity(args.model), method=args.method, window=args.window, init=args.init,
                     seed=args.seed, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
                     size=args.size, per_prompt=args.per_prompt, batch=args.batch, dtype=args.dtype,
                     compile=args.compile, device=device.type, prompts=len(prompts), prompts_sha256=digest)

@@ -160,6 +160,22 @@ def test_the_report_is_the_jsonl_summed_up(reference):
     assert main(["report", str(reference)]) == 0 and (reference / "report.json").read_text() == before  # rebuilt alike
 
 
+def test_resume_knows_the_model_by_content_not_by_path(reference, prompt_file, tmp_path, one_thread, capsys):
+    import shutil
+
+    run, weights = tmp_path / "run", tmp_path / "elsewhere" / "tiny"
+    shutil.copytree(reference, run)
+    shutil.copytree(ROOT / "weights" / "tiny", weights)
+    before = images(run)
+    assert sample(prompt_file, run, "--resume", "--model", str(weights)) == 0  # the same model, moved
+    assert images(run) == before and len(read_stats(run).records) == N
+    assert "0 made by this launch" in capsys.readouterr().out
+    (weights / "config.json").write_text((weights / "config.json").read_text() + " ")
+    msg = refused(["sample", "--prompts", str(prompt_file), "--out", str(run), "--device", "cpu", *RUN, "--resume",
+                   "--model", str(weights)], capsys)
+    assert "other settings (model: {'folder': 'tiny', 'sha256':" in msg
+
+
 def test_two_runs_side_by_side(prompt_file, tmp_path, one_thread, capsys):
     few = tmp_path / "few.jsonl"
     few.write_text('{"prompt": "a big red circle on the left", "id": "red"}\n'
