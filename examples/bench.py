@@ -29,14 +29,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sjd_min import transformer as T  # noqa: E402
-from sjd_min.ar import ar_iteration  # noqa: E402
+from sjd_min.ar import ar_decode  # noqa: E402
+from sjd_min.compile import compiled as compiled_runner  # noqa: E402
 from sjd_min.compile import compiled_step, prepare_static  # noqa: E402
-from sjd_min.decoding import Constraint, Prefix, cfg_rows  # noqa: E402
+from sjd_min.decoding import Constraint, Prefix, cfg_rows, eager  # noqa: E402
 from sjd_min.family import load_pipeline  # noqa: E402
 from sjd_min.generate import DEFAULT_WEIGHTS  # noqa: E402
 from sjd_min.methods import METHODS, decode_job  # noqa: E402
-from sjd_min.sampling import Sampler, exp_noise  # noqa: E402
-from sjd_min.sjd import JacobiConfig, draw_noise, init_drafts, init_state, sjd_iteration  # noqa: E402
+from sjd_min.sampling import Sampler  # noqa: E402
+from sjd_min.sjd import JacobiConfig, sjd_decode  # noqa: E402
 
 
 def sync(device):
@@ -210,12 +211,22 @@ def sdpa_backends(fn) -> list[str]:
     return found or ["none seen"]
 
 
-def bench_real_one(name: str, device, window: int = 16, iters: int = 20) -> dict:
+STAND_IN = dict(dim=128, n_layers=2, n_heads=4, ffn_dim=256, vocab_size=4096)  # a CPU dry run's sizes
+
+
+def bench_real_one(name: str, device, window: int = 16, iters: int = 20, stand_in: bool = False) -> dict:
     """Step timings of one real size (random bf16 weights, CFG: 2 model rows), eager and compiled, the SDPA
-    kernels the window step used, and compiled-vs-eager logits of the window forward in bf16."""
+    kernels the window step used, and compiled-vs-eager logits of the window forward in bf16. `stand_in`:
+    the same family switches at a toy size (to dry-run the plumbing on a CPU)."""
     preset, fields, n_tokens, prompt_len = REAL[name]
-    bw = measure_bandwidth(device)
-    cfg = T.Config(**{**T.PRESETS[preset], **fields})
+    bw = measure_bandwidth(device, gib=0.25 if stand_in else 2.0)
+    shape = dict(T.PRESETS[preset])
+    if stand_in:
+        shape.update(STAND_IN, n_kv_heads=2 if shape.get("n_kv_heads") else None,
+                     head_hidden=128 if shape.get("head_hidden") else 0)
+        fields = {**fields, "vocab_size": STAND_IN["vocab_size"], "caption_dim": 64 if fields.get("caption_dim") else 0}
+        n_tokens, iters = min(n_tokens, 256), 3
+    cfg = T.Config(**{**shape, **fields})
     gen = torch.Generator(device=device).manual_seed(0)
     with torch.device(device):
         params = T.init_params(cfg, gen, dtype=torch.bfloat16)
@@ -228,50 +239,41 @@ def bench_real_one(name: str, device, window: int = 16, iters: int = 20) -> dict
     con = Constraint.free(n_tokens, cfg.vocab_size, device=device).padded(window + 1, cfg.vocab_size)
     row = dict(model=name, params=T.param_count(params), floor_ms=1e3 * weight_bytes / bw, bandwidth=bw)
     jc = JacobiConfig(window=window, refresh="maximal")
+    n_run = min(n_tokens, 4 * iters)  # tokens decoded per timing: enough model calls for a steady median
+    con = Constraint.free(n_run, cfg.vocab_size, device=device)
     logits = {}
     for compiled in (False, True):
         with torch.inference_mode():
-            pre = Prefix(*T.prefill(params, cfg, x, positions, prompt_len + n_tokens + window))
-            ar = compiled_step(ar_iteration, device) if compiled else ar_iteration
-            sj = compiled_step(sjd_iteration, device) if compiled else sjd_iteration
-            fwd = compiled_step(forward_window, device) if compiled else forward_window
-            if compiled:
-                prepare_static(model, pre.cache)
-            token = torch.zeros(1, 1, dtype=torch.long, device=device)
-            t = torch.tensor(1, device=device)
-
-            def ar_step():
-                noise = exp_noise((1, cfg.vocab_size), gen, device)
-                nxt, _ = ar(model, token, t, pre.cache, noise, pre.cache["length"], pre.position, con, sampler)
-                nxt.cpu()
-
-            state = init_state(torch.zeros(1, dtype=torch.long, device=device), n_tokens, window, cfg.vocab_size)
-            state["q"] = init_drafts(state["seq"], state["n"], state["fresh"], state["noise"], con, jc, cfg.vocab_size)
-
-            def sjd_step():
-                noise = draw_noise(gen, 1, window, cfg.vocab_size, device)
-                _, _, committed = sj(model, state, pre.cache, noise, pre.cache["length"], pre.position, con,
-                                     sampler, n_tokens, jc)
-                committed.cpu()
+            def decode(method, compiled=compiled):
+                """One whole decode through the decoders themselves; seconds per model call (prefill apart)."""
+                pre = Prefix(*T.prefill(params, cfg, x, positions, prompt_len + n_tokens + 128))
+                run = compiled_runner(model, pre) if compiled else eager
+                gen = torch.Generator(device=device).manual_seed(0)
+                sync(device)
+                t0 = time.perf_counter()
+                if method == "ar":
+                    res = ar_decode(model, pre, n_run, sampler, con, gen, run=run)
+                else:
+                    res = sjd_decode(model, pre, n_run, sampler, con, gen, jc, run=run)
+                sync(device)
+                return (time.perf_counter() - t0) / (res.forward_calls - 1)
 
             key = "compiled" if compiled else "eager"
-            row[f"ar_{key}_ms"] = 1e3 * time_steps(ar_step, iters, device)
-            row[f"w_{key}_ms"] = 1e3 * time_steps(sjd_step, iters, device)
+            for method, col in (("ar", "ar"), ("maximal", "w")):
+                decode(method)  # warm-up (and the compile)
+                row[f"{col}_{key}_ms"] = 1e3 * statistics.median(decode(method) for _ in range(3))
+            pre = Prefix(*T.prefill(params, cfg, x, positions, prompt_len + n_tokens + 128))
+            fwd = compiled_runner(model, pre)(forward_only) if compiled else forward_only
             tokens = torch.randint(0, cfg.vocab_size, (2, window), generator=torch.Generator().manual_seed(1))
-            logits[key] = fwd(model, tokens.to(device), pre.position[:, None] + torch.arange(window, device=device),
-                              pre.cache)[0].float().clone()
+            call = lambda: fwd(model, tokens.to(device), pre.position[:, None] + torch.arange(window, device=device),
+                               pre.cache, pre.cache["length"])[0]
+            logits[key] = call().float().clone()
             if not compiled:
-                row["sdpa"] = sdpa_backends(sjd_step)
-        del pre
+                row["sdpa"] = sdpa_backends(call) if torch.device(device).type == "cuda" else ["cpu"]
     diff = (logits["compiled"] - logits["eager"]).abs()
     row["bf16_max_abs_diff"] = float(diff.max())
     row["bf16_logit_scale"] = float(logits["eager"].abs().max())
     return row
-
-
-def forward_window(model, tokens, positions, cache):
-    """The model call alone, as a step (so that it can be compiled like one)."""
-    return model(tokens, positions, cache)
 
 
 def bench_real(device, window: int = 16, iters: int = 20, budget: float = 1e9) -> tuple[list[dict], float]:
@@ -292,8 +294,9 @@ BF16_TOLERANCE = 0.05  # compiled vs eager window logits: max |diff| / max |logi
 
 def real_table(rows, bw, window) -> str:
     out = [f"Random bf16 weights at the real sizes, CFG (2 model rows), measured bandwidth {bw / 1e12:.2f} TB/s; "
-           f"floor = weight bytes (embedding excluded) / bandwidth. One step = noise draw + model call + sampling "
-           f"/ verification + the host read of the result. SDPA: the attention kernels the window step launched. "
+           f"floor = weight bytes (embedding excluded) / bandwidth. One step = a whole decode's wall time per model "
+           f"call (noise draws, model call, sampling / verification, the host loop), through the decoders themselves, "
+           f"median of 3 decodes after a warm-up. SDPA: the attention kernels the window step launched. "
            f"bf16: max |compiled - eager| of the window logits over max |logit| (tolerance {BF16_TOLERANCE}).\n",
            f"| model | params | floor ms | AR eager ms | AR compiled ms | W={window} eager ms | "
            f"W={window} compiled ms | window / AR (compiled) | AR compiled / floor | SDPA | bf16 compiled vs eager |",
@@ -342,6 +345,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-compile", action="store_true", help="eager only")
     ap.add_argument("--real", action="store_true", help="also time real-size random models (CUDA only)")
     ap.add_argument("--real-only", action="store_true")
+    ap.add_argument("--stand-in", action="store_true", help="with --real-one: toy sizes (a CPU dry run)")
     ap.add_argument("--real-one", choices=list(REAL), default=None,
                     help="time one real size and print its row as JSON (gpu_check.py runs each in its own process)")
     ap.add_argument("--real-budget", type=float, default=1e9, help="seconds after which no new real size starts")
@@ -352,7 +356,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.real_one:
-        print("ROW " + json.dumps(bench_real_one(args.real_one, args.device)), flush=True)
+        print("ROW " + json.dumps(bench_real_one(args.real_one, args.device, stand_in=args.stand_in)), flush=True)
         return 0
     sections = [f"# Benchmarks\n\nWritten by `examples/bench.py` (`make bench`). {device_line(args.device)}\n"]
     out = Path(args.out)

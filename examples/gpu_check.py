@@ -1,14 +1,16 @@
 """`make gpu-check`: the GPU checks and the GPU benchmark in one prepared run (< 8 minutes).
 
-1. compiled (CUDA graphs) equals eager on a tiny random model, for AR and every SJD mode, and a
-   second image of the same size compiles nothing new (tests/compile_cases.py);
-2. a whole image of the embedded model per method, compiled, under
-   ``torch._dynamo.config.error_on_recompile`` after the first image;
-3. no "skipping cudagraphs" anywhere in the logs (inductor's perf hints are switched on);
-4. the benchmark: the real-size step timings, then whole images of the embedded model (eager and
-   compiled).
-
-Everything goes to one folder (default out/gpu-check/): logs, summary.md, benchmarks.md.
+1. the first real size (Lumina-mGPT-7B): AR and W = 16 steps, eager and compiled, with random bf16
+   weights, in its own process with its own time limit; its row is written the moment it is done;
+2. compiled (CUDA graphs) equals eager on a tiny random model, for AR and every SJD mode, and a
+   second image of the same size compiles nothing new (tests/compile_cases.py); a whole image of
+   the embedded model per method, compiled, under ``error_on_recompile`` after the first image;
+3. the other real sizes (Emu3-Gen-8B, LlamaGen-XL, Lumina-mGPT-2.0-7B, Janus-Pro-7B), one process
+   each, as long as the budget lasts; every row records the SDPA kernels the window step used (the
+   math fallback fails the check) and the bf16 compiled-vs-eager logits of the window forward;
+4. no "skipping cudagraphs" anywhere in the logs (inductor's perf hints are switched on).
+It ends with one summary line. Everything goes to one folder (default out/gpu-check/): a log per
+step, summary.md, benchmarks.md (rewritten after every real-size row).
 Runs with the machine's own python3 and torch (no virtualenv needed): ``PYTHONPATH=.``.
 """
 
@@ -23,6 +25,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+from bench import BF16_TOLERANCE, REAL as REAL_SIZES  # noqa: E402
+
+FIRST_SIZE_S = 170  # the first real size pays the cold compile of both steps
+SIZE_S = 110  # each later size (inductor's caches are warm)
+CORRECTNESS_S = 150  # compile cases + whole images, kept free until they have run
 
 
 def run(cmd: list[str], log: Path, timeout: int, env_extra: dict | None = None) -> tuple[int, str]:
@@ -61,65 +69,105 @@ for method in METHODS:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "out" / "gpu-check"))
-    ap.add_argument("--budget", type=int, default=450, help="seconds for the whole check")
+    ap.add_argument("--budget", type=int, default=450, help="seconds for the whole check (it must end < 8 min)")
+    ap.add_argument("--device", default="cuda", help="cuda; `cpu` dry-runs the plumbing on a CPU machine")
+    ap.add_argument("--sizes", nargs="*", default=list(REAL_SIZES), help="real sizes to time, in order")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     left = lambda: int(args.budget - (time.time() - t_start))
     py = sys.executable
-    lines = ["# gpu-check\n"]
-    ok = True
+    lines, rows, problems = ["# gpu-check\n"], [], []
+
+    def report() -> None:
+        (out / "summary.md").write_text("\n".join(lines) + "\n")
+
+    def write_rows() -> None:  # the real-size table, rewritten the moment a row arrives
+        from bench import real_table
+
+        bw = rows[0]["bandwidth"] if rows else float("nan")
+        (out / "benchmarks.md").write_text(f"# gpu-check benchmarks\n\n{real_table(rows, bw, 16)}\n")
 
     rc, text = run([py, "-c", "import torch; print(torch.__version__, torch.cuda.get_device_name())"],
                    out / "0_device.log", 60)
     lines.append(f"- device: {text.splitlines()[0] if rc == 0 else 'unavailable'}")
-    if rc != 0:
-        (out / "summary.md").write_text("\n".join(lines) + "\n- FAIL: no CUDA device\n")
-        print("\n".join(lines))
+    if rc != 0 and args.device == "cuda":
+        lines.append("- FAIL: no CUDA device")
+        report()
+        print("gpu-check: FAIL (no CUDA device)")
         return 1
 
-    # 1. compiled equals eager, no recompiles (tiny random model)
-    rc, text = run([py, "tests/compile_cases.py", "cuda"], out / "1_compile_cases.log", min(240, left()))
+    def real_size(i: int, name: str) -> None:
+        reserve = 0 if correctness_done else CORRECTNESS_S  # the correctness checks must still fit
+        limit = min(FIRST_SIZE_S if i == 0 else SIZE_S, left() - reserve - 10)
+        if limit < 30:
+            lines.append(f"- skipped {name}: no time left in the budget")
+            return
+        stand_in = ["--stand-in"] if args.device != "cuda" else []
+        rc, text = run([py, "examples/bench.py", "--device", args.device, "--real-one", name, *stand_in],
+                       out / f"real_{i}_{name.split()[0]}.log", limit)
+        row = next((json.loads(l[4:]) for l in text.splitlines() if l.startswith("ROW ")), None)
+        if row is None:
+            problems.append(f"{name}: no row (rc {rc})")
+            lines.append(f"- FAIL {name}: no timing (rc {rc}; see its log)")
+            return
+        rows.append(row)
+        write_rows()
+        math_ran = "math" in row["sdpa"]
+        bf16 = row["bf16_max_abs_diff"] / max(row["bf16_logit_scale"], 1e-9)
+        bad = [m for m, b in [("the math SDPA backend ran", math_ran),
+                              (f"bf16 compiled vs eager {bf16:.3f} > {BF16_TOLERANCE}", bf16 > BF16_TOLERANCE)] if b]
+        problems.extend(f"{name}: {m}" for m in bad)
+        lines.append(f"- {'FAIL' if bad else 'PASS'} {name}: AR {row['ar_compiled_ms']:.2f} ms compiled "
+                     f"({row['ar_compiled_ms'] / row['floor_ms']:.2f}x the floor), W=16 {row['w_compiled_ms']:.2f} ms "
+                     f"({row['w_compiled_ms'] / row['ar_compiled_ms']:.2f}x AR); SDPA {', '.join(row['sdpa'])}; "
+                     f"bf16 {bf16:.4f}" + (f" ({'; '.join(bad)})" if bad else ""))
+        report()
+
+    correctness_done = False
+    sizes = args.sizes
+    if sizes:  # 1. the first real size: the figure the run is for comes first
+        real_size(0, sizes[0])
+
+    # 2. correctness on a tiny random model and the embedded model: compiled equals eager, one graph per image
+    rc, text = run([py, "tests/compile_cases.py", args.device], out / "1_compile_cases.log", min(150, left() - 10))
     cases = [json.loads(l) for l in text.split("\n--- stderr ---")[0].splitlines() if l.startswith("{")]
     for c in cases:
         if c.get("recompiled") or c.get("graphs_first_image") != 1:
-            ok = False
+            problems.append(f"compiled step {c['method']} recompiled")
             lines.append(f"- FAIL compiled step {c['method']}: recompiled (graphs in the first image: "
                          f"{c.get('graphs_first_image')}; {c.get('error', '')[:200]})")
             continue
         same = sum(a == b for x, y in zip(c["compiled"], c["eager"]) for r, s in zip(x, y) for a, b in zip(r, s))
         total = sum(len(r) for x in c["eager"] for r in x)
         good = same / total >= 0.95
-        ok &= good
+        problems.extend([] if good else [f"compiled != eager for {c['method']}"])
         lines.append(f"- {'PASS' if good else 'FAIL'} compiled == eager, {c['method']}: {same}/{total} tokens equal, "
-                     f"no recompiles")
+                     f"one graph per image, no recompiles")
     if rc != 0 or len(cases) < 4:
-        ok = False
+        problems.append("compile cases did not finish")
         lines.append(f"- FAIL compile cases (rc {rc}); see 1_compile_cases.log")
+    rc, text = run([py, "-c", WHOLE_IMAGE.replace('"cuda"', repr(args.device))], out / "2_whole_image.log",
+                   min(90, left() - 10))
+    lines.append(f"- {'PASS' if rc == 0 else 'FAIL'} whole images of the embedded model compiled, no recompiles (rc {rc})")
+    problems.extend([] if rc == 0 else ["whole images"])
+    correctness_done = True
+    report()
 
-    # 2. whole images of the embedded model, compiled, no recompiles on the second image
-    rc, text = run([py, "-c", WHOLE_IMAGE], out / "2_whole_image.log", min(180, left()))
-    lines.append(f"- {'PASS' if rc == 0 else 'FAIL'} whole images compiled without recompiles (rc {rc})")
-    ok &= rc == 0
+    for i, name in enumerate(sizes[1:], start=1):  # 3. the other real sizes, each in its own process
+        real_size(i, name)
 
-    # 4. the benchmark: the real sizes first (no new size starts after 60% of what is left), then whole images
-    #    of the embedded model; bench.py rewrites benchmarks.md after each table, so a cut-off run keeps them
-    budget = max(60, left() - 10)
-    rc, text = run([py, "examples/bench.py", "--device", "cuda", "--real", "--seeds", "1", "--real-budget",
-                    str(int(budget * 0.6)), "--out", str(out / "benchmarks.md")], out / "4_bench.log", budget)
-    lines.append(f"- {'PASS' if rc == 0 else 'FAIL'} benchmark (rc {rc}); tables in benchmarks.md")
-    ok &= rc == 0
-
-    # 3. no cudagraph skips anywhere
     skips = [f.name for f in sorted(out.glob("*.log")) if "skipping cudagraphs" in f.read_text()]
     lines.append(f"- {'FAIL' if skips else 'PASS'} no 'skipping cudagraphs' in the logs" +
                  (f" (found in {', '.join(skips)})" if skips else ""))
-    ok &= not skips
-    lines.append(f"\n{'ALL PASSED' if ok else 'SOME CHECKS FAILED'} in {time.time() - t_start:.0f} s")
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0 if ok else 1
+    problems.extend(f"cudagraphs skipped in {f}" for f in skips)
+    summary = (f"gpu-check: {'PASS' if not problems else 'FAIL'} in {time.time() - t_start:.0f} s; "
+               f"{len(rows)}/{len(sizes)} real sizes timed" + (f"; problems: {'; '.join(problems)}" if problems else ""))
+    lines.append(f"\n{summary}")
+    report()
+    print(summary)
+    return 0 if not problems else 1
 
 
 if __name__ == "__main__":

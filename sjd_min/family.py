@@ -215,7 +215,7 @@ def load_parts(folder: str | Path, family: str, parts: list[Part], device, dtype
     return config, configs, params
 
 
-def config_field(config: dict, key: str, kind: type, folder, default=None):
+def config_field(config: dict, key: str, kind: object, folder, default=None):
     """A top-level config.json value of type `kind` (WeightsError naming it otherwise)."""
     if key not in config:
         if default is None:
