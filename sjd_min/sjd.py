@@ -295,6 +295,13 @@ def jacobi_step(
 # ----------------------------------------------------------------------------- the decoder
 
 
+def window_probs(logits: Float[Tensor, "r w v"], n: Int[Tensor, " b"], constraint: Constraint, sampler: Sampler,
+                 tree: Tree) -> Float[Tensor, "b w v"]:
+    """Step 1's p: the processed distribution after every window node (``trace.py`` recomputes it from the
+    logits it sees, observing the step through the runner seam ``run=``: the decoder's own state, no hook)."""
+    return probs(logits, sampler, *constraint.at(n[:, None] + tree.depth))
+
+
 def sjd_iteration(
     model: ModelFn, state: dict, cache: dict, noise: dict, start: Tensor, position: Tensor,
     constraint: Constraint, sampler: Sampler, n_tokens: int, jacobi: JacobiConfig, tree: Tree,
@@ -308,7 +315,7 @@ def sjd_iteration(
                   move_to=start[:, None] + cfg_rows(state["move_to"], sampler))
     tokens = node_tokens(state["seq"], n, state["alt"], tree)
     logits, cache = model(cfg_rows(tokens, sampler), position[:, None] + cfg_rows(offset, sampler), cache, tree=window)
-    p = probs(logits, sampler, *constraint.at(n[:, None] + tree.depth))
+    p = window_probs(logits, n, constraint, sampler, tree)
     state, committed = jacobi_step(state, p, noise, constraint, n_tokens, jacobi, tree)
     return state, cache, committed
 
