@@ -201,7 +201,10 @@ class LlamaGen:
 
 
 def load_gpt(folder: str | Path, device="cpu", dtype: torch.dtype | None = None) -> GPT:
-    """The transformer of a converted folder. dtype None: as stored on GPU, float32 on CPU."""
+    """The transformer of a converted folder. dtype None: bfloat16 on a GPU (upstream samples in bf16 by
+    default, whatever the release's dtype), float32 on CPU."""
+    if dtype is None and torch.device(device).type != "cpu":
+        dtype = torch.bfloat16
     config, configs, params = load_parts(folder, FAMILY, [transformer_part()], device, dtype)
     task = config_field(config, "task", str, folder)
     if task not in DEFAULTS:
