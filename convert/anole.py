@@ -17,9 +17,9 @@ Meta's inference code applies RoPE to adjacent pairs (xformers' ``rope_padded``)
 ``rope_interleaved=True`` here: the weights are copied as they are, no permutation. The FFN width
 and the vocabulary come from the tensor shapes; params.json is checked against them.
 
-Output: as convert/lumina_mgpt.py, with ``"preset": "anole"`` and the default size 512 (32 x 32
-tokens with the 16x VQGAN). Every key problem is reported in one error; the checks on --out are
-those of ``convert/toolkit.py``; inputs are only read.
+Output: as convert/lumina_mgpt.py, with ``"preset": "anole"`` (whose defaults, 512 px among them, are
+in sjd_min/models/lumina_mgpt.py). Every key problem is reported in one error; the checks on --out
+are those of ``convert/toolkit.py``; inputs are only read.
 """
 
 from __future__ import annotations
@@ -31,16 +31,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from convert.lumina_mgpt import (check_text_tokenizer, convert_vqgan, image_token_ids, layout_ids, read_vqgan_ckpt,
-                                 read_vqgan_yaml)
-from convert.toolkit import (DTYPES, command, convert_state, describe, layout, refuse_contradictions, run,
-                             torch_state, upstream_key)
+from convert.lumina_mgpt import add_tokenizer_args, image_tokenizer, layout_ids, tokenizer_files
+from convert.toolkit import (DTYPES, command, convert_state, describe, layout, read_tokenizer, refuse_contradictions,
+                             run, torch_state, upstream_key)
 from sjd_min import transformer as T
 from sjd_min.checkpoint import WeightsError, read_json
 from sjd_min.models.lumina_mgpt import FAMILY, PRESETS, needed_ids
 
 PRESET = "anole"
-GRID = 32  # ImageDecoder generates exactly 1024 image tokens
 META = {  # training/bin_to_pth.py's names
     "tok_embeddings.weight": "embed",
     "norm.weight": "norm",
@@ -109,20 +107,17 @@ def build(model_dir: Path, vqgan_ckpt: Path, vqgan_yaml: Path, text_tokenizer: P
           dtype: torch.dtype | None):
     """(config.json, tensors, extra files, summary lines): everything read and checked, the small files first."""
     params = read_params(model_dir)
-    vq_config, _ = read_vqgan_yaml(vqgan_yaml)
-    check_text_tokenizer(text_tokenizer)
+    read_tokenizer(text_tokenizer, "Meta's Chameleon text_tokenizer.json")
     vocab = read_json(text_tokenizer).get("model", {}).get("vocab")
     if not isinstance(vocab, dict):
         raise WeightsError(f"{text_tokenizer} has no model.vocab (Meta's Chameleon tokenizer has one)")
-    img2bpe = image_token_ids(vocab)
     ids, _ = layout_ids(vocab, {})
     lacking = [k for k in needed_ids(PRESETS[PRESET]) if ids[k] is None]
     if lacking:
         raise WeightsError(f"{text_tokenizer} lacks the token(s) Anole's layout needs: {', '.join(lacking)}")
-    if len(img2bpe) > vq_config.codebook_size:
-        raise WeightsError(f"the vocabulary has {len(img2bpe)} image tokens but the VQGAN codebook only "
-                           f"{vq_config.codebook_size} codes: tokenizer files of another model?")
-    vq = convert_vqgan(read_vqgan_ckpt(vqgan_ckpt), vq_config)
+    img2bpe, vq_config, vq = image_tokenizer(vocab, vqgan_ckpt, vqgan_yaml)
+    if size is not None and size % vq_config.factor:
+        raise WeightsError(f"--size {size} is not a multiple of the VQGAN's {vq_config.factor} px per token")
     name = str(model_dir / "consolidated.pth")
     state = torch_state(model_dir / "consolidated.pth")  # drops the "rope.freqs": None entry
     config = transformer_config(params, state, name)
@@ -131,37 +126,26 @@ def build(model_dir: Path, vqgan_ckpt: Path, vqgan_yaml: Path, text_tokenizer: P
     state = {k: v.to(dtype) if dtype is not None else v for k, v in per_head_qk_norm(state, config).items()}
     tree = convert_state(state, layout(T.init_params, config), lambda k: upstream_key(k, META),
                          f"{name} does not match params.json")
-    size = size or GRID * vq_config.factor
-    if size % vq_config.factor:
-        raise WeightsError(f"--size {size} is not a multiple of the VQGAN's {vq_config.factor} px per token")
     folder_config = dict(
         family=FAMILY, preset=PRESET, transformer=dataclasses.asdict(config), vq=dataclasses.asdict(vq_config),
-        layout=ids, image_token_ids=img2bpe, image_size=size, text_tokenizer="text_tokenizer.json",
+        layout=ids, image_token_ids=img2bpe, **({"image_size": size} if size else {}),
+        text_tokenizer="text_tokenizer.json",
         source=dict(model=str(model_dir), vqgan=str(vqgan_ckpt), format="meta consolidated.pth"),
     )
     lines = [f"transformer: {describe(config)}, RoPE on adjacent pairs, {tree['norm'].dtype}",
              f"VQGAN: {describe(vq_config)}; {len(img2bpe)} image tokens at ids {min(img2bpe)}..{max(img2bpe)}; "
-             f"default size {size} px"]
+             f"default size {size or PRESETS[PRESET].defaults.size} px"]
     return folder_config, {"transformer": tree, "vq": vq}, {"text_tokenizer.json": text_tokenizer}, lines
 
 
 def main(argv=None) -> int:
     ap = command("python -m convert.anole", __doc__)
     ap.add_argument("--model", required=True, help="folder with consolidated.pth and params.json (models/7b)")
-    ap.add_argument("--tokenizer-dir", default=None,
-                    help="folder with Meta's vqgan.ckpt, vqgan.yaml and text_tokenizer.json (tokenizer/)")
-    ap.add_argument("--vqgan-ckpt", default=None, help="vqgan.ckpt (default: in --tokenizer-dir)")
-    ap.add_argument("--vqgan-yaml", default=None, help="vqgan.yaml (default: in --tokenizer-dir)")
-    ap.add_argument("--text-tokenizer", default=None, help="text_tokenizer.json (default: in --tokenizer-dir)")
-    ap.add_argument("--size", type=int, default=None, help=f"default image side for generate (default: {GRID} "
-                                                            f"tokens x the VQGAN's factor, 512 for Chameleon's)")
+    add_tokenizer_args(ap)
+    ap.add_argument("--size", type=int, default=None,
+                    help=f"default image side for generate (default: the preset's, {PRESETS[PRESET].defaults.size})")
     args = ap.parse_args(argv)
-    named = {"vqgan_ckpt": "vqgan.ckpt", "vqgan_yaml": "vqgan.yaml", "text_tokenizer": "text_tokenizer.json"}
-    if args.tokenizer_dir is None and not all(getattr(args, k) for k in named):
-        ap.error("give --tokenizer-dir (the release's tokenizer folder) or each of --vqgan-ckpt, --vqgan-yaml "
-                 "and --text-tokenizer")
-    files = [Path(getattr(args, k) or Path(args.tokenizer_dir) / name) for k, name in named.items()]
-    model = Path(args.model)
+    files, model = tokenizer_files(ap, args), Path(args.model)
     return run(args, [model, args.tokenizer_dir, *files], lambda: build(model, *files, args.size, DTYPES[args.dtype]))
 
 

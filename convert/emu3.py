@@ -11,7 +11,7 @@ transformers ``Emu3ForCausalLM`` reads the same), or transformers' ``*-hf`` conv
 not needed where the model folder holds the VQ; ``--tokenizer`` where the tokenizer files are.
 
 Output: ``config.json`` (``family: emu3``, the transformer and VQ configs, the special ids, the
-visual token offset, the default image area), ``transformer.safetensors`` (``--dtype``, default
+visual token offset, the release's default image area where its config names one), ``transformer.safetensors`` (``--dtype``, default
 bfloat16 as upstream runs it), ``vq.safetensors`` (float32, BatchNorm running statistics kept) and
 ``tokenizer.json``.
 
@@ -43,17 +43,19 @@ from pathlib import Path
 import torch
 
 from convert.layouts import TAMING_VQ, VQ_PREFIX, convert_llama, llama_config, taming_key
-from convert.toolkit import DTYPES, command, convert_state, describe, hf_state, layout, run, upstream_key
+from convert.toolkit import (DTYPES, command, convert_state, describe, hf_state, layout, read_tokenizer, refuse, run,
+                             upstream_key)
 from sjd_min import transformer as T
 from sjd_min.checkpoint import WeightsError, read_json
+from sjd_min.family import token_names
+from sjd_min.models.emu3 import DEFAULTS, FAMILY, Ids
 from sjd_min.vq import emu3 as V
 
 SPLIT_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
                  r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
 SPECIAL_HEAD = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [f"<|extra_{i}|>" for i in range(205)]
-NAMES = dict(bos="<|extra_203|>", eos="<|extra_204|>", pad="<|endoftext|>", eol="<|extra_200|>", eof="<|extra_201|>",
-             img="<|image token|>", boi="<|image start|>", eoi="<|image end|>")
-VISUAL = "<|visual token {:06d}|>"
+VISUAL = "<|visual token {:06d}|>"  # visual token k (Ids.visual_offset is token 0)
+NAMES = token_names(Ids)  # the special tokens, by Ids field
 EMU3_VQ = {  # taming's names, plus causal-conv wrappers, temporal layers and SpatialNorm
     **TAMING_VQ,
     "quant_conv.conv": "quant_conv", "post_quant_conv.conv": "post_quant_conv",
@@ -94,8 +96,7 @@ def convert_llm(folder: str | Path, dtype: torch.dtype | None = None) -> tuple[T
     cfg = llama_config(text, 1e6)
     vmap = config.get("vocabulary_map") or {}  # *-hf: the tokenizer's vocabulary, special tokens included
     ids = {k: text.get(f"{k}_token_id", config.get(f"{k}_token_id", vmap.get(name))) for k, name in NAMES.items()}
-    ids["visual_offset"] = vmap.get(VISUAL.format(0))
-    info = dict(ids=ids, layout=layout_name, image_area=config.get("image_area", text.get("image_area", 720 * 720)),
+    info = dict(ids=ids, layout=layout_name, image_area=config.get("image_area", text.get("image_area")),
                 max_positions=text.get("max_position_embeddings", 9216))
     state = hf_state(folder, keep=lambda k: not VQ_PREFIX.match(k), dtype=dtype)
     state = {re.sub(r"^(model\.)?text_model\.", lambda m: m[1] or "", k): v for k, v in state.items()}  # *-hf
@@ -235,8 +236,6 @@ def load_tokenizer(folder: Path, config: dict):
     config's vocabulary_map rebuilt with upstream's pre-tokenizer (transformers' conversion ships a
     GPT-2-style tokenizer.json whose pre-tokenizer splits digits differently from the one Emu3 was
     trained with); else a tokenizer.json as shipped."""
-    from tokenizers import Tokenizer
-
     ranks, specials = folder / "emu3.tiktoken", folder / "emu3_vision_tokens.txt"
     if ranks.is_file() and specials.is_file():
         return tiktoken_to_tokenizer(ranks, specials), "emu3.tiktoken + emu3_vision_tokens.txt"
@@ -244,10 +243,7 @@ def load_tokenizer(folder: Path, config: dict):
         return bpe_tokenizer(*read_vocabulary_map(config["vocabulary_map"]), "vocabulary_map"), \
             "config.json vocabulary_map"
     if (folder / "tokenizer.json").is_file():
-        try:
-            return Tokenizer.from_file(str(folder / "tokenizer.json")), "tokenizer.json"
-        except Exception as e:
-            raise WeightsError(f"{folder / 'tokenizer.json'} cannot be read ({e})") from e
+        return read_tokenizer(folder / "tokenizer.json", "a tokenizer.json"), "tokenizer.json"
     raise WeightsError(f"no tokenizer in {folder}: expected emu3.tiktoken and emu3_vision_tokens.txt, a *-hf "
                        f"config.json with vocabulary_map, or tokenizer.json (pass --tokenizer DIR if they are elsewhere)")
 
@@ -255,10 +251,9 @@ def load_tokenizer(folder: Path, config: dict):
 def special_ids(tok, config_ids: dict, codebook_size: int, vocab_size: int) -> dict[str, int]:
     """The special ids and the visual token offset, read from the tokenizer and checked against the
     ids the model's config names (one error for every disagreement)."""
-    names = {**NAMES, "visual_offset": VISUAL.format(0)}
-    ids = {key: tok.token_to_id(name) for key, name in names.items()}
-    problems = [f"the tokenizer has no {names[k]} ({k})" for k, i in ids.items() if i is None]
-    problems += [f"{k}: config.json says {config_ids[k]}, the tokenizer's {names[k]} is {i}" for k, i in ids.items()
+    ids = {key: tok.token_to_id(name) for key, name in NAMES.items()}
+    problems = [f"the tokenizer has no {NAMES[k]} ({k})" for k, i in ids.items() if i is None]
+    problems += [f"{k}: config.json says {config_ids[k]}, the tokenizer's {NAMES[k]} is {i}" for k, i in ids.items()
                  if None not in (i, config_ids.get(k)) and config_ids[k] != i]
     offset = ids["visual_offset"]
     if not problems and (gap := next((k for k in range(codebook_size)
@@ -266,8 +261,7 @@ def special_ids(tok, config_ids: dict, codebook_size: int, vocab_size: int) -> d
         problems.append(f"visual tokens are not consecutive ids from {offset}: first gap at code {gap}")
     if not problems and offset + codebook_size > vocab_size:
         problems.append(f"visual tokens {offset}..{offset + codebook_size - 1} exceed the vocabulary ({vocab_size})")
-    if problems:
-        raise WeightsError("the tokenizer does not fit the model:\n  " + "\n  ".join(problems))
+    refuse("the tokenizer does not fit the model", problems)
     return ids
 
 
@@ -287,10 +281,11 @@ def build(model: Path, vq: Path | None, tokenizer: Path | None, dtype: torch.dty
     vq_cfg, vq_params = convert_vq(vq or model)
     tok, tok_source = load_tokenizer(tokenizer or model, model_config)
     ids = special_ids(tok, info["ids"], vq_cfg.codebook_size, cfg.vocab_size)
-    config = dict(family="emu3", transformer=dataclasses.asdict(cfg), vq=dataclasses.asdict(vq_cfg), ids=ids,
-                  image_area=int(info["image_area"]), max_positions=int(info["max_positions"]),
+    area = info["image_area"]  # the release's own default image area, where its config names one
+    config = dict(family=FAMILY, transformer=dataclasses.asdict(cfg), vq=dataclasses.asdict(vq_cfg), ids=ids,
+                  **({"image_area": int(area)} if area else {}), max_positions=int(info["max_positions"]),
                   source=dict(layout=info["layout"], tokenizer=tok_source))
-    side = round(math.sqrt(info["image_area"]))
+    side = round(math.sqrt(area)) if area else DEFAULTS.size
     lines = [f"transformer ({info['layout']} layout): {describe(cfg)}, rope theta {cfg.rope_theta:g}",
              f"vision tokenizer: {describe(vq_cfg)}, {vq_cfg.temporal_factor}x temporal",
              f"tokenizer from {tok_source}; ids {ids}; default image {side}x{side}"]

@@ -17,9 +17,9 @@ understanding side (``vision_model``, ``aligner``) and the text ``lm_head``. Mis
 fields take transformers' ``LlamaConfig`` defaults, as upstream's loading does (the releases leave
 out ``rms_norm_eps``: 1e-6).
 
-Output: ``config.json`` (``"family": "janus_pro"``, ``transformer``, ``text``, ``vq``, ``ids``,
-``image_size``), ``transformer.safetensors``, ``text.safetensors``, ``vq.safetensors`` and
-``tokenizer.json`` (copied). Every key problem is reported in one error; the checks on --out are
+Output: ``config.json`` (``"family": "janus_pro"``, ``transformer``, ``text``, ``vq``, ``ids``, and
+``image_size`` where --size gives one), ``transformer.safetensors``, ``text.safetensors``,
+``vq.safetensors`` and ``tokenizer.json`` (copied). Every key problem is reported in one error; the checks on --out are
 those of ``convert/toolkit.py``; inputs are only read.
 """
 
@@ -35,13 +35,14 @@ from torch import Tensor
 
 from convert.layouts import HF_LLAMA, llama_config
 from convert.llamagen import convert_vq, infer_vq
-from convert.toolkit import DTYPES, command, convert_state, describe, hf_state, layout, run, upstream_key
+from convert.toolkit import (DTYPES, command, convert_state, describe, hf_state, layout, read_tokenizer, run,
+                             upstream_key)
 from sjd_min import transformer as T
 from sjd_min.checkpoint import WeightsError, read_json
-from sjd_min.models.janus_pro import FAMILY, Ids, TextEmbed
+from sjd_min.family import token_names
+from sjd_min.models.janus_pro import DEFAULTS, FAMILY, Ids, TextEmbed
 
-GRID = 24  # codes per side: upstream's image_token_num_per_image = 576 (384 px with VQ-16)
-NAMES = dict(bos="<｜begin▁of▁sentence｜>", pad="<｜▁pad▁｜>", image_start="<begin_of_image>")  # VLChatProcessor's tags
+NAMES = token_names(Ids)  # VLChatProcessor's tags, by Ids field
 LLAMA_DEFAULTS = dict(rms_norm_eps=1e-6, rope_theta=10000.0, hidden_act="silu")  # transformers' LlamaConfig
 TABLE_KEY = "gen_aligner(gen_embed)"  # the tabulated input embedding, under a name that says what it is
 JANUS = {  # the language model's HF Llama names under language_model., gen_head as the head
@@ -111,14 +112,7 @@ def image_table(state: dict[str, Tensor], name: str) -> Tensor:
 
 def read_ids(tokenizer: Path) -> dict:
     """bos, pad and <begin_of_image> ids from the text tokenizer."""
-    from tokenizers import Tokenizer
-
-    if not tokenizer.is_file():
-        raise WeightsError(f"{tokenizer} does not exist: expected Janus's tokenizer.json (or pass --tokenizer)")
-    try:
-        tok = Tokenizer.from_file(str(tokenizer))
-    except Exception as e:
-        raise WeightsError(f"{tokenizer} cannot be read by `tokenizers` ({e})") from e
+    tok = read_tokenizer(tokenizer, "Janus's tokenizer.json (or pass --tokenizer)")
     ids = {k: tok.token_to_id(n) for k, n in NAMES.items()}
     lacking = [f"{NAMES[k]} ({k})" for k, v in ids.items() if v is None]
     if lacking:
@@ -153,12 +147,12 @@ def build(model_dir: Path, tokenizer: Path, size: int | None, dtype: torch.dtype
     if too_big:
         raise WeightsError(f"tokenizer ids {', '.join(too_big)} lie beyond the text vocabulary ({text.vocab_size}): "
                            f"the tokenizer of another model?")
-    size = size or GRID * vq_config.factor
-    if size % vq_config.factor:
+    if size is not None and size % vq_config.factor:
         raise WeightsError(f"--size {size} is not a multiple of the VQ's {vq_config.factor} px per code")
     folder_config = dict(
         family=FAMILY, transformer=dataclasses.asdict(config), text=dataclasses.asdict(text),
-        vq=dataclasses.asdict(vq_config), ids=dataclasses.asdict(Ids(**ids)), image_size=size,
+        vq=dataclasses.asdict(vq_config), ids=dataclasses.asdict(Ids(**ids)),
+        **({"image_size": size} if size else {}),
         text_tokenizer="tokenizer.json", source=dict(model=str(model_dir), model_type=hf.get("model_type")),
     )
     tensors = {"transformer": params, "text": {"embed": lm[text_key]}, "vq": vq}
@@ -166,7 +160,7 @@ def build(model_dir: Path, tokenizer: Path, size: int | None, dtype: torch.dtype
              f"{params['norm'].dtype} (code table {params['embed'].dtype})",
              f"text embedding: {text.vocab_size} ids; bos {ids['bos']}, pad {ids['pad']}, "
              f"<begin_of_image> {ids['image_start']}",
-             f"VQ: {describe(vq_config)}; default size {size} px ({size // vq_config.factor}^2 codes)"]
+             f"VQ: {describe(vq_config)}; default size {size or DEFAULTS.size} px"]
     return folder_config, tensors, {"tokenizer.json": tokenizer}, lines
 
 
@@ -175,7 +169,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", required=True, help="Janus-Pro release folder (config.json, pytorch_model*.bin)")
     ap.add_argument("--tokenizer", default=None, help="tokenizer.json (default: in --model)")
     ap.add_argument("--size", type=int, default=None,
-                    help=f"default image side for generate (default: {GRID} codes x the VQ's factor, 384 for VQ-16)")
+                    help=f"default image side for generate (default: the family's, {DEFAULTS.size})")
     args = ap.parse_args(argv)
     model = Path(args.model)
     tokenizer = Path(args.tokenizer) if args.tokenizer else model / "tokenizer.json"

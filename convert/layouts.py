@@ -8,7 +8,7 @@ import re
 
 from torch import Tensor
 
-from convert.toolkit import Table, convert_state, layout, upstream_key
+from convert.toolkit import Table, convert_state, layout, refuse, upstream_key
 from sjd_min import transformer as T
 from sjd_min.checkpoint import WeightsError
 
@@ -56,8 +56,7 @@ def llama_config(hf: dict, default_theta: float, **family) -> T.Config:
                  for k in ("attention_bias", "mlp_bias") if hf.get(k)]
     if not problems and hf.get("head_dim") not in (None, hf["hidden_size"] // hf["num_attention_heads"]):
         problems.append(f"head_dim {hf['head_dim']} other than hidden_size / num_attention_heads is not supported")
-    if problems:
-        raise WeightsError("unsupported config.json:\n  " + "\n  ".join(problems))
+    refuse("unsupported config.json", problems)
     try:
         return T.Config(
             vocab_size=hf["vocab_size"], dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"],

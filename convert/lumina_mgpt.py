@@ -11,7 +11,7 @@ Inputs, as released:
   ``vqgan.yaml`` (taming ``VQModel`` params) and ``text_tokenizer.json``.
 
 Output (``sjd_min.checkpoint.write_folder``, atomic): ``config.json`` (family, transformer and VQ
-configs, the image layout ids, sampler defaults), ``transformer.safetensors`` (the key layout of
+configs, the image layout ids, the image size the checkpoint was trained for), ``transformer.safetensors`` (the key layout of
 ``sjd_min.transformer.init_params`` with ``qk_norm=True``), ``vq.safetensors`` (the layout of
 ``sjd_min.vq.vqgan.init_params``) and ``text_tokenizer.json`` (copied). Inputs are only read.
 The language model's names are Hugging Face Llama's plus qk-norm (stored per model-parallel shard
@@ -30,20 +30,16 @@ import torch
 from torch import Tensor
 
 from convert.layouts import HF_LLAMA, VQ_PREFIX, convert_llama, llama_config, taming_key
-from convert.toolkit import DTYPES, command, convert_state, describe, hf_state, layout, run, torch_state
+from convert.toolkit import (DTYPES, command, convert_state, describe, hf_state, layout, read_tokenizer, refuse, run,
+                             torch_state)
 from sjd_min import transformer as T
 from sjd_min.checkpoint import WeightsError, read_json
+from sjd_min.family import token_names
+from sjd_min.models.lumina_mgpt import DEFAULTS, FAMILY, Ids
 from sjd_min.vq import vqgan as V
 
-FAMILY = "lumina_mgpt"
 IMAGE_PREFIX = "IMGIMG"  # Chameleon's image-token names: IMGIMG + code in letter digits (A=0 .. J=9) + Z
-# Special tokens of the Chameleon vocabulary that the image layout uses (names, not ids: ids are read).
-NAMES = dict(bos="<s>", pad="<pad>", image_start="<racm3:break>", image_end="<eoss>", end_of_line="<reserved08799>",
-             end_of_turn="<reserved08706>",  # Lumina-mGPT's conversation separator, closes the prompt
-             size_token_base="<reserved08800>")  # "<reserved{8800 + n:05d}>" says "n grids of 32 px"
-GRID_PX = 32  # pixels per size-token grid unit (Lumina-mGPT's patch_size)
-GRID_TOKENS = 2  # VQ tokens per grid unit and side (16-px VQ tokens)
-DEFAULTS = dict(cfg_scale=4.0, cfg_on="logits", top_k=2000, top_p=None, temperature=1.0)
+NAMES = token_names(Ids)  # the special tokens of the image layout, by Ids field (ids are read)
 TOKENIZER_FILES = {"vqgan_ckpt": "vqgan.ckpt", "vqgan_yaml": "vqgan.yaml", "text_tokenizer": "text_tokenizer.json"}
 CHAMELEON = {  # HF Llama plus qk-norm: a LayerNorm over head_dim, weight and bias per head
     **HF_LLAMA,
@@ -52,11 +48,6 @@ CHAMELEON = {  # HF Llama plus qk-norm: a LayerNorm over head_dim, weight and bi
     "model.layers.{}.self_attn.k_norm.weight": "layers.{}.attn.k_norm.w",
     "model.layers.{}.self_attn.k_norm.bias": "layers.{}.attn.k_norm.b",
 }
-
-
-def _fail(what: str, problems: list[str]) -> None:
-    if problems:
-        raise WeightsError(f"{what}:\n  - " + "\n  - ".join(problems))
 
 
 # ----------------------------------------------------------------------------- the language model
@@ -122,15 +113,15 @@ def layout_ids(vocab: dict[str, int], hf: dict) -> tuple[dict, list[str]]:
     if base is not None:
         wrong = [n for n in range(1, 129)
                  if f"<reserved{8800 + n:05d}>" in vocab and vocab[f"<reserved{8800 + n:05d}>"] != base + n]
-        _fail("size tokens are not consecutive", [f"<reserved{8800 + n:05d}> is not {NAMES['size_token_base']} + {n}"
-                                                  for n in wrong[:5]])
-    return dict(ids, grid_px=GRID_PX, grid_tokens=GRID_TOKENS), lacking
+        refuse("size tokens are not consecutive", [f"<reserved{8800 + n:05d}> is not {NAMES['size_token_base']} + {n}"
+                                                   for n in wrong[:5]])
+    return dataclasses.asdict(Ids(**ids)), lacking
 
 
 # ----------------------------------------------------------------------------- the VQGAN
 
 
-def read_vqgan_yaml(path: Path) -> tuple[V.VQConfig, dict]:
+def read_vqgan_yaml(path: Path) -> V.VQConfig:
     """VQConfig from Meta's vqgan.yaml (model.params: embed_dim, n_embed, ddconfig); unknown keys ignored."""
     import yaml
 
@@ -151,7 +142,7 @@ def read_vqgan_yaml(path: Path) -> tuple[V.VQConfig, dict]:
                     ("tanh_out", False), ("use_linear_attn", False), ("attn_type", "vanilla")):
         if dd.get(key, ok) != ok:
             problems.append(f"ddconfig.{key}={dd[key]!r} is not supported (expected {ok!r})")
-    _fail(f"unsupported VQGAN config {path}", problems)
+    refuse(f"unsupported VQGAN config {path}", problems)
     levels = len(dd["ch_mult"])
     res = int(dd["resolution"])
     attn = {int(r) for r in dd["attn_resolutions"]}
@@ -159,12 +150,11 @@ def read_vqgan_yaml(path: Path) -> tuple[V.VQConfig, dict]:
     # the encoder halves it after each level, the decoder doubles it up from resolution // 2**(levels-1).
     enc = tuple(i for i in range(levels) if res // 2**i in attn)
     dec = tuple(i for i in range(levels) if (res // 2 ** (levels - 1)) * 2 ** (levels - 1 - i) in attn)
-    config = V.VQConfig(
+    return V.VQConfig(
         codebook_size=int(params["n_embed"]), embed_dim=int(params["embed_dim"]), z_channels=int(dd["z_channels"]),
         ch=int(dd["ch"]), ch_mult=tuple(int(m) for m in dd["ch_mult"]), num_res_blocks=int(dd["num_res_blocks"]),
         attn_levels=dec, enc_attn_levels=enc if enc != dec else None, mid_attn=True, l2_norm=False,
     )
-    return config, dd
 
 
 def convert_vqgan(state: dict[str, Tensor], config: V.VQConfig) -> dict:
@@ -178,61 +168,50 @@ def read_vqgan_ckpt(path: Path) -> dict[str, Tensor]:
     return torch_state(path, wrappers=("state_dict",))
 
 
-def check_text_tokenizer(path: Path) -> None:
-    from tokenizers import Tokenizer
-
-    if not path.is_file():
-        raise WeightsError(f"{path} does not exist: expected Meta's Chameleon text_tokenizer.json")
-    try:
-        Tokenizer.from_file(str(path))
-    except Exception as e:
-        raise WeightsError(f"{path} cannot be read by `tokenizers` ({e})") from e
+def image_tokenizer(vocab: dict[str, int], vqgan_ckpt: Path, vqgan_yaml: Path) -> tuple[list[int], V.VQConfig, dict]:
+    """(img2bpe, VQ config, VQ params): the image tokens of `vocab` and Meta's VQGAN, whose codes they are."""
+    img2bpe = image_token_ids(vocab)
+    vq_config = read_vqgan_yaml(vqgan_yaml)
+    if len(img2bpe) > vq_config.codebook_size:
+        raise WeightsError(f"the vocabulary has {len(img2bpe)} image tokens but the VQGAN codebook only "
+                           f"{vq_config.codebook_size} codes: tokenizer files of another model?")
+    return img2bpe, vq_config, convert_vqgan(read_vqgan_ckpt(vqgan_ckpt), vq_config)
 
 
 # ----------------------------------------------------------------------------- the command
 
 
-def _default_size(model_dir: Path) -> int:
+def size_in_name(model_dir: Path) -> int | None:
+    """The image size a release's folder name states (Lumina-mGPT-7B-768), if any."""
     m = re.search(r"-(512|768|1024)(?!\d)", model_dir.resolve().name)
-    return int(m.group(1)) if m else 768
+    return int(m.group(1)) if m else None
 
 
 def build(model_dir: Path, vqgan_ckpt: Path, vqgan_yaml: Path, text_tokenizer: Path, size: int | None,
           dtype: torch.dtype | None):
     """(config.json, tensors, extra files, summary lines): everything read and checked, the small files first."""
-    size = size or _default_size(model_dir)
-    if size < GRID_PX or size % GRID_PX:
-        raise WeightsError(f"default size {size} is not a positive multiple of {GRID_PX}")
     hf = read_model_config(model_dir)
     config = transformer_config(hf)
-    vocab = hf["vocabulary_map"]
-    img2bpe = image_token_ids(vocab)
-    ids, lacking = layout_ids(vocab, hf)
-    vq_config, _ = read_vqgan_yaml(vqgan_yaml)
-    check_text_tokenizer(text_tokenizer)
-    if len(img2bpe) > vq_config.codebook_size:
-        raise WeightsError(f"the vocabulary has {len(img2bpe)} image tokens but the VQGAN codebook only "
-                           f"{vq_config.codebook_size} codes: tokenizer files of another model?")
+    ids, lacking = layout_ids(hf["vocabulary_map"], hf)
+    size = size or size_in_name(model_dir)
+    if size is not None and (size < ids["grid_px"] or size % ids["grid_px"]):
+        raise WeightsError(f"default size {size} is not a positive multiple of {ids['grid_px']}")
+    read_tokenizer(text_tokenizer, "Meta's Chameleon text_tokenizer.json")
+    img2bpe, vq_config, vq = image_tokenizer(hf["vocabulary_map"], vqgan_ckpt, vqgan_yaml)
     if max(img2bpe) >= config.vocab_size:
         raise WeightsError(f"image-token ids reach {max(img2bpe)}, beyond vocab_size {config.vocab_size}")
-    vq = convert_vqgan(read_vqgan_ckpt(vqgan_ckpt), vq_config)
     state = expand_qk_norm(hf_state(model_dir, keep=lambda k: not VQ_PREFIX.match(k), dtype=dtype), config,
                            int(hf.get("model_parallel_size") or 1))
     params = convert_llama(state, config, bool(hf.get("tie_word_embeddings")), "the language-model weights",
                            CHAMELEON)
     folder_config = dict(
-        family=FAMILY,
-        transformer=dataclasses.asdict(config),
-        vq=dataclasses.asdict(vq_config),
-        layout=ids,
-        image_token_ids=img2bpe,
-        defaults=dict(DEFAULTS, size=size),
-        text_tokenizer="text_tokenizer.json",
+        family=FAMILY, transformer=dataclasses.asdict(config), vq=dataclasses.asdict(vq_config), layout=ids,
+        image_token_ids=img2bpe, **({"image_size": size} if size else {}), text_tokenizer="text_tokenizer.json",
         source=dict(model=str(model_dir), vqgan=str(vqgan_ckpt), model_type=hf.get("model_type"),
                     architectures=hf.get("architectures")),
     )
     lines = [f"transformer: {describe(config)}, {config.norm_placement}-norm", f"VQGAN: {describe(vq_config)}",
-             f"{len(img2bpe)} image tokens at ids {min(img2bpe)}..{max(img2bpe)}; default size {size}"]
+             f"{len(img2bpe)} image tokens at ids {min(img2bpe)}..{max(img2bpe)}; default size {size or DEFAULTS.size}"]
     if lacking:
         lines.append(f"warning: the vocabulary lacks {', '.join(lacking)}: this folder computes logits but cannot "
                      f"generate images")
@@ -259,7 +238,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", required=True, help="Lumina-mGPT / Chameleon HF folder (config.json + safetensors)")
     add_tokenizer_args(ap)
     ap.add_argument("--size", type=int, default=None,
-                    help="default image side for generate (default: from the model folder name, else 768)")
+                    help="default image side for generate (default: from the model folder name, else the family's)")
     args = ap.parse_args(argv)
     files, model = tokenizer_files(ap, args), Path(args.model)
     return run(args, [model, args.tokenizer_dir, *files], lambda: build(model, *files, args.size, DTYPES[args.dtype]))

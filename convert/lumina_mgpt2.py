@@ -12,7 +12,7 @@ Inputs, as released:
   configuration in code; here it is read off the tensors (widths, blocks, attention levels, codebook).
 
 Output (``sjd_min.checkpoint.write_folder``, atomic): ``config.json`` (family, transformer and VQ
-configs, the special-token ids, the default size), ``transformer.safetensors``, ``vq.safetensors``
+configs, the special-token ids, the image size where --size gives one), ``transformer.safetensors``, ``vq.safetensors``
 (the layout of ``sjd_min.vq.movqgan.init_params``) and ``tokenizer.json`` (copied). Inputs are only
 read; the checks on --out are those of ``convert/toolkit.py``.
 
@@ -33,20 +33,18 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-if __package__ in (None, ""):  # run as `python convert/lumina_mgpt2.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from convert.layouts import TAMING_VQ, VQ_PREFIX, convert_llama, taming_key
 from convert.lumina_mgpt import CHAMELEON, expand_qk_norm, read_model_config, transformer_config
-from convert.toolkit import DTYPES, Table, command, convert_state, hf_state, layout, run, torch_state
-from sjd_min.checkpoint import WeightsError, flatten, read_json
+from convert.toolkit import (DTYPES, Table, command, convert_state, describe, hf_state, layout, read_tokenizer, refuse,
+                             run, torch_state)
+from sjd_min.checkpoint import WeightsError, read_json
+from sjd_min.family import token_names
 from sjd_min.models.lumina_mgpt2 import DEFAULTS, FAMILY, Ids
 from sjd_min.vq import movqgan as M
 from sjd_min.vq.vqgan import VQConfig
 
 IMAGE_PREFIX = "<MOVQGAN"  # vocabulary names of the image tokens (upstream's get_image_tokens)
-NAMES = dict(end_of_turn="<reserved08706>", image_start="<racm3:break>", image_end="<eoss>",
-             end_of_line="<reserved08799>")
+NAMES = token_names(Ids)  # the special tokens found by name, by Ids field
 SIZE_TOKEN = "<reserved{:05d}>"  # SIZE_TOKEN.format(8800 + n): n grid units of 32 px
 MOVQ: Table = {  # taming's names plus the decoder's spatial norms
     **TAMING_VQ,
@@ -101,17 +99,10 @@ def convert_movqgan(path: Path) -> tuple[VQConfig, dict]:
 # ----------------------------------------------------------------------------- tokenizer and ids
 
 
-def read_tokenizer(folder: Path):
+def release_tokenizer(folder: Path):
     """(tokenizers.Tokenizer, tokenizer.json path, BOS id, pad id) of the release's text tokenizer."""
-    from tokenizers import Tokenizer
-
     path = folder / "tokenizer.json"
-    if not path.is_file():
-        raise WeightsError(f"{folder} lacks tokenizer.json (the release's text tokenizer); pass --tokenizer FOLDER")
-    try:
-        tok = Tokenizer.from_file(str(path))
-    except Exception as e:  # tokenizers' own error type
-        raise WeightsError(f"{path} cannot be read by `tokenizers` ({e})") from e
+    tok = read_tokenizer(path, "the release's text tokenizer; pass --tokenizer FOLDER")
     settings = {}  # tokenizer_config.json's special tokens, else special_tokens_map.json's (as transformers reads them)
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         if (folder / name).is_file():
@@ -152,21 +143,20 @@ def special_ids(tok, vocab: dict[str, int], bos: int, pad: int, codebook_size: i
         problems.append(f"config.json's vocabulary_map should name {codebook_size} image tokens {IMAGE_PREFIX}... "
                         f"(one per MoVQGAN code) as one run of ids; it names {len(image)}"
                         + (f" from {image[0]} to {image[-1]}" if image else ""))
-    if problems:
-        raise WeightsError("the tokenizer and the vocabulary do not fit Lumina-mGPT 2.0:\n  " + "\n  ".join(problems))
+    refuse("the tokenizer and the vocabulary do not fit Lumina-mGPT 2.0", problems)
     return Ids(bos=bos, pad=pad, size_tokens=tuple(sizes), image_offset=image[0], **found)
 
 
 # ----------------------------------------------------------------------------- the command
 
 
-def build(model: Path, movqgan: Path, tokenizer: Path | None, size: int, dtype: torch.dtype | None):
+def build(model: Path, movqgan: Path, tokenizer: Path | None, size: int | None, dtype: torch.dtype | None):
     """(config.json, tensors, extra files, summary lines): everything read and checked, the small files first."""
-    if size < 32 or size % 32:
+    if size is not None and (size < 32 or size % 32):
         raise WeightsError(f"--size {size} is not a positive multiple of 32")
     hf = read_model_config(model)
     config = transformer_config(hf)
-    tok, tok_path, bos, pad = read_tokenizer(tokenizer or model)
+    tok, tok_path, bos, pad = release_tokenizer(tokenizer or model)
     vq_config, vq = convert_movqgan(movqgan)
     ids = special_ids(tok, hf["vocabulary_map"], bos, pad, vq_config.codebook_size)
     if ids.image_offset + vq_config.codebook_size > config.vocab_size:
@@ -177,17 +167,13 @@ def build(model: Path, movqgan: Path, tokenizer: Path | None, size: int, dtype: 
     state = expand_qk_norm(hf_state(model, keep=lambda k: not VQ_PREFIX.match(k), dtype=dtype), config,
                            int(hf.get("model_parallel_size") or 1))
     params = convert_llama(state, config, bool(hf.get("tie_word_embeddings")), "the language-model weights", CHAMELEON)
-    jsonable = lambda c: {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(c).items()}  # noqa: E731
-    folder_config = dict(family=FAMILY, transformer=jsonable(config), vq=jsonable(vq_config), ids=jsonable(ids),
-                         image_size=size, text_tokenizer="tokenizer.json",
+    folder_config = dict(family=FAMILY, transformer=dataclasses.asdict(config), vq=dataclasses.asdict(vq_config),
+                         ids=dataclasses.asdict(ids), **({"image_size": size} if size else {}),
+                         text_tokenizer="tokenizer.json",
                          source=dict(model=str(model), movqgan=str(movqgan), architectures=hf.get("architectures")))
-    n_llm, n_vq = (sum(t.numel() for t in flatten(tree).values()) for tree in (params, vq))
-    lines = [f"transformer: {n_llm:,} parameters, {config.n_layers} layers, dim {config.dim}, {config.n_heads} heads "
-             f"/ {config.kv_heads} kv, vocab {config.vocab_size}, {next(iter(flatten(params).values())).dtype}",
-             f"movqgan: {n_vq:,} parameters, codebook {vq_config.codebook_size}x{vq_config.embed_dim}, "
-             f"{vq_config.factor}x, widths {[vq_config.ch * m for m in vq_config.ch_mult]}",
+    lines = [f"transformer: {describe(config)}", f"MoVQGAN: {describe(vq_config)}",
              f"image tokens at ids {ids.image_offset}..{ids.image_offset + vq_config.codebook_size - 1}, size tokens "
-             f"for 1..{len(ids.size_tokens)} grid units, default size {size}"]
+             f"for 1..{len(ids.size_tokens)} grid units, default size {size or DEFAULTS.size}"]
     return folder_config, {"transformer": params, "vq": vq}, {"tokenizer.json": tok_path}, lines
 
 
@@ -198,7 +184,7 @@ def main(argv=None) -> int:
     ap.add_argument("--movqgan", required=True, help="SBER-MoVQGAN checkpoint (movqgan_270M.ckpt)")
     ap.add_argument("--tokenizer", default=None, help="folder with tokenizer.json and tokenizer_config.json "
                                                       "(default: --model)")
-    ap.add_argument("--size", type=int, default=DEFAULTS.size, help=f"default image side (default {DEFAULTS.size})")
+    ap.add_argument("--size", type=int, default=None, help=f"default image side (default: the family's, {DEFAULTS.size})")
     args = ap.parse_args(argv)
     model, movqgan, tok = Path(args.model), Path(args.movqgan), Path(args.tokenizer) if args.tokenizer else None
     return run(args, [model, movqgan, tok], lambda: build(model, movqgan, tok, args.size, DTYPES[args.dtype]))

@@ -95,6 +95,18 @@ def hf_state(folder: Path, keep=lambda key: True, dtype: torch.dtype | None = No
     return state
 
 
+def read_tokenizer(path: Path, what: str):
+    """The ``tokenizers.Tokenizer`` in `path` (`what`: the file the release ships, for the message)."""
+    from tokenizers import Tokenizer
+
+    if not path.is_file():
+        raise WeightsError(f"{path} does not exist: expected {what}")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers' own error type
+        raise WeightsError(f"{path} cannot be read by `tokenizers` ({e})") from e
+
+
 def read_json_arg(path: str | None) -> dict | None:
     """An optional JSON file named on the command line (an upstream config)."""
     return None if path is None else read_json(path)
@@ -151,9 +163,14 @@ def convert_state(state: dict[str, Tensor], expected: dict[str, Tensor], upstrea
             continue
         flat.update(zip(parts, state[key].split(rows) if len(parts) > 1 else [state[key]]))
     problems += [f"unexpected {k}" for k in state if k not in groups and not (ignore and re.fullmatch(ignore, k))]
-    if problems:
-        raise WeightsError(f"{what} ({len(problems)} problems, nothing written):\n  " + "\n  ".join(problems))
+    refuse(f"{what} ({len(problems)} problems, nothing written)", problems)
     return unflatten({k: v.contiguous() for k, v in flat.items()})
+
+
+def refuse(what: str, problems: list[str]) -> None:
+    """One WeightsError listing every problem under `what`, where there are any."""
+    if problems:
+        raise WeightsError(f"{what}:\n  " + "\n  ".join(problems))
 
 
 def refuse_contradictions(source: str, claimed: dict, found: dict, checkpoint: str) -> None:

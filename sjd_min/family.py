@@ -215,6 +215,17 @@ def load_parts(folder: str | Path, family: str, parts: list[Part], device, dtype
     return config, configs, params
 
 
+def token(name: str):
+    """A field of a family's special-token ``Ids``: the id of the vocabulary entry `name`. Converters look
+    the names up (``token_names``), so each is written once, beside what its id is for."""
+    return dataclasses.field(metadata={"token": name})
+
+
+def token_names(ids: type) -> dict[str, str]:
+    """{field: vocabulary name} of the `token` fields of an ``Ids`` dataclass."""
+    return {f.name: f.metadata["token"] for f in dataclasses.fields(ids) if "token" in f.metadata}
+
+
 def config_field(config: dict, key: str, kind: object, folder, default=None):
     """A top-level config.json value of type `kind` (WeightsError naming it otherwise)."""
     if key not in config:

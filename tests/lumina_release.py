@@ -116,7 +116,7 @@ def write_vqgan(folder: Path, *, ch: int = 32, ch_mult=(1, 1, 1, 1, 1), num_res_
         "ckpt_path": "vqgan.ckpt"}}, "data": {"target": "main.DataModuleFromConfig"}}
     yml = folder / "vqgan.yaml"
     yml.write_text(yaml.safe_dump(doc))
-    config, _ = read_vqgan_yaml(yml)
+    config = read_vqgan_yaml(yml)
     g = torch.Generator().manual_seed(seed)
     ours = flatten(V.init_params(config, g))
     sd = {}

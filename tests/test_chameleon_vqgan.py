@@ -18,7 +18,7 @@ ATOL = 1e-4
 def test_oracle_parity(oracles):
     """codes -> codebook rows -> pixels, and image -> latent -> codes, as Meta's vqgan.py computes them."""
     folder = oracles / "chameleon_vqgan"
-    config, _ = read_vqgan_yaml(folder / "vqgan.yaml")
+    config = read_vqgan_yaml(folder / "vqgan.yaml")
     params = convert_vqgan(read_vqgan_ckpt(folder / "vqgan.ckpt"), config)
     io = load_file(str(folder / "io.safetensors"))
     assert not config.l2_norm
@@ -39,7 +39,7 @@ def test_attention_placement_follows_resolution(tmp_path):
     decoder doubles up from resolution // 4 (9, 18, 36), so the two can differ."""
     ckpt, yml = write_vqgan(tmp_path, ch=32, ch_mult=(1, 2, 1), num_res_blocks=1, attn_resolutions=(19, 18, 36),
                             resolution=38)
-    config, _ = read_vqgan_yaml(yml)
+    config = read_vqgan_yaml(yml)
     assert config.enc_attn_levels == (1,) and config.attn_levels == (0, 1)
     state = read_vqgan_ckpt(ckpt)
     assert any(k.startswith("encoder.down.1.attn.0.") for k in state)
@@ -54,7 +54,7 @@ def test_attention_placement_follows_resolution(tmp_path):
 
 def test_converter_lists_every_key_problem(tmp_path):
     ckpt, yml = write_vqgan(tmp_path / "a")
-    config, _ = read_vqgan_yaml(yml)
+    config = read_vqgan_yaml(yml)
     state = read_vqgan_ckpt(ckpt)
     del state["decoder.up.0.block.1.conv2.weight"]
     del state["quantize.embedding.weight"]
@@ -71,7 +71,7 @@ def test_converter_rejects_other_weights(tmp_path):
     """A VQGAN of other widths under this yaml, and a checkpoint that is no Lightning state dict."""
     other_ckpt, _ = write_vqgan(tmp_path / "other", ch=64)
     _, yml = write_vqgan(tmp_path / "this", ch=32)
-    config, _ = read_vqgan_yaml(yml)
+    config = read_vqgan_yaml(yml)
     with pytest.raises(WeightsError, match="shape"):
         convert_vqgan(read_vqgan_ckpt(other_ckpt), config)
     torch.save({"model": {"quantize.embedding.weight": torch.zeros(4, 2)}, "step": 3}, tmp_path / "llamagen.pt")
@@ -93,7 +93,7 @@ def test_unsupported_yaml_options(tmp_path):
 def test_roundtrip_is_lossless(tmp_path):
     """Every tensor of the checkpoint lands in the converted params unchanged (the loss is dropped)."""
     ckpt, yml = write_vqgan(tmp_path)
-    config, _ = read_vqgan_yaml(yml)
+    config = read_vqgan_yaml(yml)
     state = read_vqgan_ckpt(ckpt)
     ours = flatten(convert_vqgan(state, config))
     kept = {k: v for k, v in state.items() if not k.startswith("loss.")}

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from .. import transformer as T
 from ..checkpoint import WeightsError
-from ..family import Defaults, Job, Part, config_field, load_parts, transformer_part, vq_part
+from ..family import Defaults, Job, Part, config_field, load_parts, token, transformer_part, vq_part
 from ..layout import ImageLayout, prefill_prompts
 from ..sampling import Sampler
 from ..vq import emu3 as V
@@ -50,17 +50,17 @@ DEFAULTS = Defaults(cfg_scale=3.0, cfg_on="log_probs", top_k=2048, temperature=1
 
 @dataclasses.dataclass(frozen=True)
 class Ids:
-    """Emu3's special ids (config.json "ids", read by the converter from the tokenizer)."""
+    """Emu3's special ids (config.json "ids"), each the id of the named token in the tokenizer."""
 
-    bos: int  # <|extra_203|>: starts the prompt
-    eos: int  # <|extra_204|>: ends the output
-    pad: int  # <|endoftext|>: left padding (masked out)
-    img: int  # <|image token|>: after the size text, the last prompt token
-    boi: int  # <|image start|>
-    eoi: int  # <|image end|>
-    eol: int  # <|extra_200|>: ends every row of visual tokens
-    eof: int  # <|extra_201|>: ends the frame
-    visual_offset: int  # id of visual token 0 (<|visual token 000000|>)
+    bos: int = token("<|extra_203|>")  # starts the prompt
+    eos: int = token("<|extra_204|>")  # ends the output
+    pad: int = token("<|endoftext|>")  # left padding (masked out)
+    img: int = token("<|image token|>")  # after the size text, the last prompt token
+    boi: int = token("<|image start|>")
+    eoi: int = token("<|image end|>")
+    eol: int = token("<|extra_200|>")  # ends every row of visual tokens
+    eof: int = token("<|extra_201|>")  # ends the frame
+    visual_offset: int = token("<|visual token 000000|>")  # visual token k is visual_offset + k
 
 
 ID_KEYS = tuple(f.name for f in dataclasses.fields(Ids))
@@ -147,7 +147,7 @@ def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dt
     config, configs, params = load_parts(folder, FAMILY, parts, device, dtype, check=_check)
     if not (folder / "tokenizer.json").is_file():
         raise WeightsError(f"{folder} lacks tokenizer.json; convert the weights again")
-    side = round(math.sqrt(config_field(config, "image_area", int, folder, 720 * 720)))
+    side = round(math.sqrt(config_field(config, "image_area", int, folder, DEFAULTS.size**2)))
     vq = configs["vq"]
     return Emu3(
         params=params["transformer"], config=configs["transformer"], vq_params=params["vq"], vq_config=vq,

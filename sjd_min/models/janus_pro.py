@@ -36,7 +36,7 @@ from torch import Tensor
 
 from .. import transformer as T
 from ..checkpoint import WeightsError
-from ..family import Defaults, Job, Part, config_field, load_parts, transformer_part, vq_part
+from ..family import Defaults, Job, Part, config_field, load_parts, token, transformer_part, vq_part
 from ..layout import ImageLayout, prefill_prompts
 from ..sampling import Sampler
 from ..vq import vqgan as V
@@ -48,11 +48,11 @@ DEFAULTS = Defaults(cfg_scale=5.0, cfg_on="logits", temperature=1.0, size=384)  
 
 @dataclasses.dataclass(frozen=True)
 class Ids:
-    """Text-vocabulary ids of the prompt (config.json "ids", read by the converter from the tokenizer)."""
+    """Text-vocabulary ids of the prompt (config.json "ids"): the named tokens' ids in the tokenizer."""
 
-    bos: int  # <｜begin▁of▁sentence｜>: first token of every row
-    pad: int  # <｜▁pad▁｜>: fills the unconditional row between bos and image_start
-    image_start: int  # <begin_of_image>: the last prompt token
+    bos: int = token("<｜begin▁of▁sentence｜>")  # first token of every row
+    pad: int = token("<｜▁pad▁｜>")  # fills the unconditional row between bos and image_start
+    image_start: int = token("<begin_of_image>")  # the last prompt token
 
 
 @dataclasses.dataclass(frozen=True)

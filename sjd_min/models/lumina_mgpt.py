@@ -56,7 +56,7 @@ from torch import Tensor
 
 from .. import transformer as T
 from ..checkpoint import WeightsError
-from ..family import Defaults, Job, Part, config_field, load_parts, transformer_part, vq_part
+from ..family import Defaults, Job, Part, config_field, load_parts, token, token_names, transformer_part, vq_part
 from ..layout import ImageLayout, prefill_prompts
 from ..sampling import Sampler
 from ..vq import vqgan as V
@@ -87,21 +87,18 @@ PRESETS = {
 
 @dataclasses.dataclass(frozen=True)
 class Ids:
-    """Special-token ids and grid geometry (config.json "layout"; the converter reads them from the
-    vocabulary: None where it lacks the token)."""
+    """Special-token ids and grid geometry (config.json "layout"): the ids of the named tokens in the
+    Chameleon vocabulary, None where it lacks one."""
 
-    bos: int | None  # <s>
-    pad: int | None  # left padding of shorter prompts (masked out)
-    end_of_turn: int | None  # closes the text prompt
-    image_start: int | None  # <racm3:break>
-    image_end: int | None  # <eoss>
-    end_of_line: int | None  # ends every row of image tokens
-    size_token_base: int | None  # the size token for n grid units is size_token_base + n
-    grid_px: int = 32  # pixels per size-token grid unit
+    bos: int | None = token("<s>")
+    pad: int | None = token("<pad>")  # left padding of shorter prompts (masked out)
+    end_of_turn: int | None = token("<reserved08706>")  # Lumina-mGPT's conversation separator: closes the prompt
+    image_start: int | None = token("<racm3:break>")
+    image_end: int | None = token("<eoss>")
+    end_of_line: int | None = token("<reserved08799>")  # ends every row of image tokens
+    size_token_base: int | None = token("<reserved08800>")  # the size token for n grid units is this + n
+    grid_px: int = 32  # pixels per size-token grid unit (Lumina-mGPT's patch_size)
     grid_tokens: int = 2  # VQ tokens per grid unit and side
-
-
-LAYOUT_KEYS = tuple(f.name for f in dataclasses.fields(Ids))
 
 
 def needed_ids(preset: Preset) -> tuple[str, ...]:
@@ -188,7 +185,7 @@ class LuminaMGPT:
 def _check(configs: dict) -> list[str]:
     ids, vq, t = configs["layout"], configs["vq"], configs["transformer"]
     problems = [f"layout.{k} = {getattr(ids, k)} is outside transformer.vocab_size {t.vocab_size}"
-                for k in LAYOUT_KEYS[:7] if getattr(ids, k) is not None and not 0 <= getattr(ids, k) < t.vocab_size]
+                for k in token_names(Ids) if getattr(ids, k) is not None and not 0 <= getattr(ids, k) < t.vocab_size]
     if ids.size_token_base is not None and vq.factor * ids.grid_tokens != ids.grid_px:
         problems.append(f"the VQGAN downsamples {vq.factor}x (vq.ch_mult), but layout.grid_tokens = "
                         f"{ids.grid_tokens} tokens on layout.grid_px = {ids.grid_px} px")
@@ -223,7 +220,8 @@ def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dt
     tok_path = folder / config_field(config, "text_tokenizer", str, folder, "text_tokenizer.json")
     if not tok_path.is_file():
         raise WeightsError(f"{folder} lacks {tok_path.name}; convert the weights again")
-    size = config_field(config, "image_size", int, folder, config.get("defaults", {}).get("size", preset.defaults.size))
+    legacy = config.get("defaults", {}).get("size")  # where folders converted before image_size kept it
+    size = config_field(config, "image_size", int, folder, legacy or preset.defaults.size)
     return LuminaMGPT(
         params=params["transformer"], config=configs["transformer"], vq_params=params["vq"], vq_config=configs["vq"],
         layout=configs["layout"], image_ids=torch.tensor(image_ids, dtype=torch.long, device=device),

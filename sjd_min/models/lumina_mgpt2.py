@@ -37,7 +37,7 @@ from torch import Tensor
 
 from .. import transformer as T
 from ..checkpoint import WeightsError
-from ..family import Defaults, Job, Part, config_field, load_parts, transformer_part, vq_part
+from ..family import Defaults, Job, Part, config_field, load_parts, token, token_names, transformer_part, vq_part
 from ..layout import ImageLayout, prefill_prompts
 from ..sampling import Sampler
 from ..vq import movqgan as M
@@ -50,14 +50,15 @@ DEFAULTS = Defaults(cfg_scale=4.0, cfg_on="logits", top_k=4096, temperature=1.0,
 
 @dataclasses.dataclass(frozen=True)
 class Ids:
-    """Special-token ids (config.json "ids"; the converter reads them from the tokenizer by name)."""
+    """Special-token ids (config.json "ids"; the converter reads them from the tokenizer, by name where
+    a field names its token)."""
 
     bos: int  # the tokenizer's BOS token, or its EOS where it has none (upstream's rule)
     pad: int  # left padding of shorter prompt rows (masked out)
-    end_of_turn: int  # <reserved08706>: closes the text prompt
-    image_start: int  # <racm3:break>
-    image_end: int  # <eoss>
-    end_of_line: int  # <reserved08799>: ends every row of image tokens
+    end_of_turn: int = token("<reserved08706>")  # closes the text prompt
+    image_start: int = token("<racm3:break>")
+    image_end: int = token("<eoss>")
+    end_of_line: int = token("<reserved08799>")  # ends every row of image tokens
     size_tokens: tuple[int, ...]  # size_tokens[n - 1] is <reserved{8800 + n}>: "n grid units"
     image_offset: int  # token id of image code 0; code k is image_offset + k
     grid_px: int = 32  # pixels per grid unit
@@ -68,7 +69,7 @@ class Ids:
             raise ValueError("size_tokens is empty: the vocabulary has no <reserved08801> (one grid unit)")
 
 
-SINGLE_IDS = ("bos", "pad", "end_of_turn", "image_start", "image_end", "end_of_line")
+SINGLE_IDS = ("bos", "pad", *token_names(Ids))
 
 
 @dataclasses.dataclass
