@@ -15,16 +15,17 @@ from .sampling import Rng, Sampler, exp_noise, probs, race
 def ar_iteration(
     model: ModelFn, token: Tensor, t: Tensor, cache: dict, noise: Tensor, start: Tensor, position: Tensor,
     constraint: Constraint, sampler: Sampler,
-) -> tuple[Tensor, dict]:
+) -> tuple[Tensor, dict, Tensor]:
     """Feed x_{t-1} (`token` [b, 1]), sample x_t: the fixed-shape unit a runner may compile.
-    `t` is a 0-d tensor so that one compiled graph serves every position."""
+    `t` is a 0-d tensor so that one compiled graph serves every position; the step returns t + 1, so
+    the counter stays on the device (no host-to-device copy per token)."""
     offset = (t - 1).expand(token.shape[0], 1)  # output offset of the input token
     cache = {**cache, "length": start + cfg_rows(offset, sampler)[:, 0]}
     logits, cache = model(cfg_rows(token, sampler), position[:, None] + cfg_rows(offset, sampler), cache)
     b = token.shape[0]
     at = t.view(1, 1).expand(b, 1)  # tensor indexing: no data-dependent shapes in the graph
     p = probs(logits, sampler, *constraint.at(at))
-    return race(p[:, 0], noise), cache
+    return race(p[:, 0], noise), cache, t + 1
 
 
 def ar_decode(
@@ -46,11 +47,11 @@ def ar_decode(
     out[:, 0] = race(p0[:, 0], exp_noise((b, vocab), generator, device))
     iterate = run(ar_iteration)
     cache = prefix.cache
+    t_dev = torch.ones((), dtype=torch.long, device=device)  # the step's t, made on the device
     for t in range(1, n_tokens):
         noise = exp_noise((b, vocab), generator, device)
-        t_dev = torch.tensor(t, device=device)
-        out[:, t], cache = iterate(model, out[:, t - 1 : t], t_dev, cache, noise, prefix.cache["length"],
-                                   prefix.position, constraint, sampler)
+        out[:, t], cache, t_dev = iterate(model, out[:, t - 1 : t], t_dev, cache, noise, prefix.cache["length"],
+                                          prefix.position, constraint, sampler)
         if progress is not None:
             progress(t + 1)
     calls = torch.arange(n_tokens, device=device).expand(b, n_tokens)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from typing import Literal
 
 import torch
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 Params = dict  # nested dict of tensors; keys are the names used below
 Cache = dict  # {"k", "v": one [b, kv_heads, S, head_dim] tensor per layer, "valid": [b, S], "length": [b]}
@@ -226,7 +228,12 @@ def apply_rope(x: Float[Tensor, "b h t e"], cos: Float[Tensor, "b t f"], sin: Fl
 
 def attention(p: Params, c: Config, x, cos, sin, layer_k, layer_v, write_at, mask):
     """Self-attention of a window against the layer's cache. Writes the window's k, v at `write_at`
-    (row, kv-head and slot indices, broadcasting to [b, kv_heads, t])."""
+    (row, kv-head and slot indices, broadcasting to [b, kv_heads, t]); `mask` from ``attention_mask``.
+
+    Grouped-query attention runs as plain attention over the kv heads: the g query heads of a kv head
+    are stacked along the query axis, [b, kv_heads, g t, e]. The fused kernels (flash, memory-efficient,
+    cuDNN, flex) take that with a mask, where GQA with a mask may fall back to the unfused kernel, which
+    repeats the keys and values for every query head."""
     q = rearrange(x @ p["wq"].T, "b t (h e) -> b h t e", e=c.head_dim)
     k = rearrange(x @ p["wk"].T, "b t (h e) -> b h t e", e=c.head_dim)
     v = rearrange(x @ p["wv"].T, "b t (h e) -> b h t e", e=c.head_dim)
@@ -236,10 +243,38 @@ def attention(p: Params, c: Config, x, cos, sin, layer_k, layer_v, write_at, mas
     q, k = apply_rope(q, cos, sin, c.rope_interleaved), apply_rope(k, cos, sin, c.rope_interleaved)
     layer_k.index_put_(write_at, k.to(layer_k.dtype))  # static cache: written in place
     layer_v.index_put_(write_at, v.to(layer_v.dtype))
-    o = F.scaled_dot_product_attention(
-        q, layer_k.to(q.dtype), layer_v.to(q.dtype), attn_mask=mask[:, None], enable_gqa=c.kv_heads != c.n_heads
-    )  # b h t e
-    return rearrange(o, "b h t e -> b t (h e)") @ p["wo"].T
+    q = rearrange(q, "b (k g) t e -> b k (g t) e", k=c.kv_heads)  # query head h uses kv head h // g
+    keys, values = layer_k.to(q.dtype), layer_v.to(q.dtype)
+    if isinstance(mask, BlockMask):  # a compiled step: only the key blocks in use are read
+        o = flex_attention(q, keys, values, block_mask=mask)
+    else:
+        o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None])  # b k (g t) e
+    return rearrange(o, "b k (g t) e -> b t (k g e)", k=c.kv_heads, t=x.shape[1]) @ p["wo"].T
+
+
+ATTEND_BLOCK = 128  # key slots per block of a compiled step's attention; blocks past the used slots are skipped
+# inductor's flex_attention kernels: CUDA, and x86 CPUs with AVX2 (not macOS); elsewhere the whole cache is read
+_FLEX_CPU = sys.platform != "darwin" and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
+def attention_mask(attend: Bool[Tensor, "b t S"], groups: int, used: Int[Tensor, " b"]) -> Tensor | BlockMask:
+    """The mask ``attention`` takes: `attend` (query i may read cache slot s) with its rows repeated for
+    the `groups` query heads of a kv head, [b, g t, S]. In a compiled step, a flex_attention block mask
+    that lists per row only the key blocks below its `used` slots: the kernel never reads the cache past
+    them, so a step costs what the slots in use cost, with one graph for every length."""
+    if not torch.compiler.is_compiling() or (attend.device.type == "cpu" and not _FLEX_CPU):
+        return attend.repeat(1, groups, 1)  # b (g t) S, the grouped queries' rows
+    b, t, slots = attend.shape
+    # as_strided stores the mask: inductor's CPU flex kernel cannot read a mask left as a fused expression
+    attend = attend.as_strided(attend.shape, attend.stride())
+    kv_blocks, q_blocks = -(-slots // ATTEND_BLOCK), -(-groups * t // ATTEND_BLOCK)
+    count = (used + ATTEND_BLOCK - 1) // ATTEND_BLOCK  # b: blocks holding slots in use
+    count = count.to(torch.int32)[:, None, None].expand(b, 1, q_blocks).contiguous()  # b 1 q_blocks
+    order = torch.arange(kv_blocks, dtype=torch.int32, device=attend.device).expand(b, 1, q_blocks, kv_blocks)
+    return BlockMask.from_kv_blocks(
+        count, order.contiguous(), BLOCK_SIZE=ATTEND_BLOCK, seq_lengths=(groups * t, slots), compute_q_blocks=False,
+        mask_mod=lambda row, head, i, slot: attend[row, i % t, slot],  # within the listed blocks: `attend`
+    )
 
 
 def mlp(p: Params, x):
@@ -313,6 +348,7 @@ def forward(
     own = rel[:, None, :] == torch.arange(t, device=h.device)[:, None]  # b t S: the token's own slot
     sees = window[:, rel.clamp(0, t - 1)].transpose(0, 1) & (valid[:, None, :] | own)  # b t S, window keys
     attend = torch.where(inside[:, None, :], sees, ((rel < 0) & valid)[:, None, :])  # b t S
+    attend = attention_mask(attend, c.n_heads // c.kv_heads, cache["length"] + t)
     cos, sin = rope_angles(c, positions)
     for i, layer in enumerate(params["layers"]):
         if c.norm_placement == "pre":

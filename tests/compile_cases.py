@@ -11,7 +11,7 @@ import torch
 
 from sjd_min import transformer as T
 from sjd_min.ar import ar_decode
-from sjd_min.compile import compiled
+from sjd_min.compile import compiled, compiled_step
 from sjd_min.decoding import Constraint, Prefix, eager
 from sjd_min.sampling import Sampler
 from sjd_min.sjd import REFRESH_MODES, JacobiConfig, sjd_decode
@@ -43,7 +43,59 @@ def run(method: str, seed: int, compile_step: bool, device: str):
     return sjd_decode(T.model_fn(params, CFG), pre, N, SAMPLER, con, gen, jc, run=runner(T.model_fn(params, CFG), pre))
 
 
+def forward_at(model, tokens, positions, cache, tree):
+    return model(tokens, positions, cache, tree=tree)
+
+
+def attention_case(device: str) -> dict:
+    """A compiled window forward (flex attention over the key blocks in use) against the eager one (SDPA
+    over the whole cache), at used lengths on both sides of block boundaries, with left padding and a
+    tree window. Keys and values in the blocks past a row's used slots are NaN: a kernel that reads
+    them returns NaN (the eager one does: the control), one that skips them does not."""
+    params = T.init_params(CFG, torch.Generator().manual_seed(0))
+    model = T.model_fn(_tree_to(params, device), CFG)
+    block, t = T.ATTEND_BLOCK, 5
+    ancestors = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 0, 1, 0, 0], [1, 1, 0, 1, 0], [1, 0, 1, 0, 1]],
+                             dtype=torch.bool, device=device)
+    none = torch.zeros(2, 0, dtype=torch.long, device=device)
+    tree = dict(ancestors=ancestors, move_from=none, move_to=none)
+    step = compiled_step(forward_at, device)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    case = dict(method="attention", lengths=[], max_diff=[], compiled_finite=[], eager_finite=[])
+    for lengths in ([3, 1], [block - 8, block - 2], [block + 60, 2 * block - t], [3 * block + 20, 40]):
+        gen = torch.Generator().manual_seed(sum(lengths))
+        cache = T.init_cache(CFG, 2, 4 * block, device=device)
+        for i, used in enumerate(lengths):
+            cache["valid"][i, 2 if i == 0 else 0 : used] = True  # row 0: two padded slots
+            for layer in cache["k"] + cache["v"]:
+                layer[i, :, :used] = torch.randn(layer[i, :, :used].shape, generator=gen).to(device)
+                layer[i, :, -(-(used + t) // block) * block :] = float("nan")  # blocks past the used slots
+        cache["length"] = torch.tensor(lengths, device=device)
+        tokens = torch.randint(0, CFG.vocab_size, (2, t), generator=gen).to(device)
+        positions = cache["length"][:, None] + torch.arange(t, device=device)
+        clean = {k: [x.nan_to_num(0.0) for x in v] if isinstance(v, list) else v.clone() for k, v in cache.items()}
+        poisoned = {k: [x.clone() for x in v] if isinstance(v, list) else v.clone() for k, v in cache.items()}
+        got = step(model, tokens, positions, cache, tree)[0]
+        want = forward_at(model, tokens, positions, clean, tree)[0]  # the unread blocks do not matter
+        control = forward_at(model, tokens, positions, poisoned, tree)[0]
+        case["lengths"].append(lengths)
+        case["max_diff"].append(float((got - want).abs().max()))
+        case["compiled_finite"].append(bool(got.isfinite().all()))
+        case["eager_finite"].append(bool(control.isfinite().all()))
+    case["graphs"] = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs
+    return case
+
+
+def _tree_to(tree, device):
+    if isinstance(tree, torch.Tensor):
+        return tree.to(device)
+    if isinstance(tree, dict):
+        return {k: _tree_to(v, device) for k, v in tree.items()}
+    return [_tree_to(v, device) for v in tree]
+
+
 def main(device: str) -> None:
+    print(json.dumps(attention_case(device)), flush=True)
     for method in ["ar", *REFRESH_MODES, "tree"]:
         case = dict(method=method)
         try:

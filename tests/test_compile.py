@@ -35,10 +35,22 @@ def test_compiled_equals_eager_on_cpu(cpu_results, method):
     assert case["compiled"][0] != case["compiled"][1]  # two seeds, two images: the check can fail
 
 
+def check_attention(case, tolerance):
+    assert case["graphs"] == 1, case  # one graph for every used length
+    assert max(case["max_diff"]) < tolerance, case
+    assert all(case["compiled_finite"]), case  # the blocks past the used slots were never read ...
+    assert not any(case["eager_finite"]), case  # ... where attention over the whole cache reads them
+
+
+def test_compiled_attention_reads_only_the_slots_in_use(cpu_results):
+    check_attention(cpu_results["attention"], 1e-4)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graphs_equal_eager():
     results = compile_results("cuda")
+    check_attention(results["attention"], 1e-3)
     for method in METHODS:
         case = results[method]
         assert not case["recompiled"], case.get("error")
