@@ -32,6 +32,7 @@ from .report import add_report_args, run_report
 from .sample import add_sample_args, run_sample
 from .sampling import Sampler
 from .sjd import INIT_MODES
+from .trace import add_trace_args, run_trace
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -179,6 +180,8 @@ def main(argv=None) -> int:
     add_decode_args(sample)
     add_sample_args(sample)
     add_report_args(sub.add_parser("report", help="rebuild a sample run's report, or compare two runs"))
+    add_trace_args(sub.add_parser("trace", help="one image's decode call by call: a GIF, a strip, tables "
+                                                "(see sjd_min/trace.py)"))
     args = ap.parse_args(argv)
     if args.command == "generate":
         return run_generate(args)
@@ -186,4 +189,6 @@ def main(argv=None) -> int:
         return run_sample(args)
     if args.command == "report":
         return run_report(args)
+    if args.command == "trace":
+        return run_trace(args)
     return 2

@@ -8,8 +8,7 @@ from sjd_min.ar import ar_decode
 from sjd_min.decoding import Constraint, Prefix
 from sjd_min.sampling import Sampler
 from sjd_min.sjd import INIT_MODES, REFRESH_MODES, JacobiConfig, init_drafts, sjd_decode
-
-from toy import ToyModel
+from sjd_min.testing import ToyModel
 
 CFG = T.Config(vocab_size=40, dim=32, n_layers=2, n_heads=4, ffn_dim=64, qk_norm=True)
 PARAMS = T.init_params(CFG, torch.Generator().manual_seed(0))
