@@ -22,7 +22,7 @@ from torch import Tensor
 from . import transformer as T
 from .decoding import Constraint, Prefix
 
-WINDOW_MARGIN = 64  # spare cache slots per row past the output: the largest Jacobi window a job allows
+WINDOW_MARGIN = 128  # spare cache slots per row past the output: the largest Jacobi window (tree nodes included) a job allows
 CACHE_BUCKET = 256  # cache lengths are rounded up to a multiple: prompts of different lengths share one
 # cache shape, so the compiled decode step is not recompiled for every prompt
 

@@ -4,6 +4,9 @@
     "sjd"      SJD with independent draft refresh (``sjd.py``, the SJD paper)
     "maximal"  SJD with the maximally coupled refresh (MC-SJD; SJD-PAC's adaptive continuation)
     "gumbel"   SJD with the Gumbel-coupled refresh (noise kept per position)
+
+Any of the three takes a tree-shaped window (``branches``, ``sjd_min/tree.py``): several candidates
+per position verified exactly in one call (with "maximal": SJD-PAC's scheme, made exact).
 """
 
 from __future__ import annotations
@@ -27,13 +30,15 @@ def check_method(method: str) -> None:
 
 
 def decode_job(job: Job, method: str, generator: Rng, *, window: int = 16, init: str = "random",
-               progress=None, compiled: bool = False) -> Result:
-    """Run one method on a job: `window` and `init` configure the Jacobi window (ignored by "ar");
+               branches: tuple[int, ...] = (), shape: str = "full", progress=None, compiled: bool = False) -> Result:
+    """Run one method on a job: `window`, `init`, `branches` and `shape` configure the Jacobi window
+    (``sjd.JacobiConfig``; `branches` makes it a tree of `window` tokens; all ignored by "ar");
     `compiled` runs each iteration through the compiled step (``compile.py``)."""
     check_method(method)
     run = compiled_runner(job.model, job.prefix) if compiled else eager
     if method == "ar":
         return ar_decode(job.model, job.prefix, job.n_tokens, job.sampler, job.constraint, generator, progress, run)
-    jacobi = JacobiConfig(window=window, refresh=REFRESH_OF[method], init=init, row_width=job.layout.row_width)
+    jacobi = JacobiConfig(window=window, refresh=REFRESH_OF[method], init=init, row_width=job.layout.row_width,
+                          branches=tuple(branches), shape=shape)
     return sjd_decode(job.model, job.prefix, job.n_tokens, job.sampler, job.constraint, generator, jacobi, progress,
                       run)
