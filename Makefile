@@ -8,7 +8,7 @@ TORCH_CPU ?= 2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test env clean bench gpu-check
+.PHONY: demo test env clean bench gpu-check guide
 
 $(STAMP): pyproject.toml
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
@@ -31,6 +31,10 @@ demo: $(STAMP)
 tiny-model: $(STAMP)
 	$(BIN)/python examples/train_tiny_vq.py --out build/tiny
 	$(BIN)/python examples/train_tiny_gpt.py --vq build/tiny --out weights/tiny --force
+
+# docs/guide.md's figures, generated tables and code-link line ranges, from the code and the embedded model (seconds).
+guide: $(STAMP)
+	$(BIN)/python examples/guide_figures.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -215,18 +215,21 @@ def assert_matches_ar(prob: Problem, samples_per_prompt: list[Tensor], alpha: fl
         assert pvalue > alpha, f"samples do not follow the AR distribution (p = {pvalue:.2e}) for prompt {prompt}"
 
 
-def check_decoder(decoder: Decoder, examples: int = 25, trees: bool = False, samples: int = SAMPLES) -> None:
+def check_decoder(decoder: Decoder, examples: int = 25, trees: bool = False, samples: int = SAMPLES,
+                  seed: int | None = None) -> None:
     """Search `examples` drawn problems (``problems(trees)``) for one where `decoder`'s samples fail the
     chi-square test; AssertionError with that problem if one does. A failure is not shrunk to a smaller
-    problem (every retry samples afresh); the active hypothesis profile fixes the draws or not."""
+    problem (every retry samples afresh). `seed` fixes the draws (None: new ones each run, unless the
+    active hypothesis profile derandomizes); nothing is written to hypothesis's example database."""
+    import hypothesis
     from hypothesis import Phase, given, settings
 
-    @settings(max_examples=examples, phases=(Phase.explicit, Phase.generate), deadline=None)
+    @settings(max_examples=examples, phases=(Phase.explicit, Phase.generate), deadline=None, database=None)
     @given(problems(trees))
     def search(prob):
         assert_matches_ar(prob, sample(decoder, prob, samples))
 
-    search()
+    (search if seed is None else hypothesis.seed(seed)(search))()
 
 
 # ----------------------------------------------------------------------------- hypothesis strategies
