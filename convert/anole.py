@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from convert.layouts import META_LLAMA
 from convert.lumina_mgpt import add_tokenizer_args, image_tokenizer, layout_ids, tokenizer_files
 from convert.toolkit import (DTYPES, command, convert_state, describe, layout, read_tokenizer, refuse_contradictions,
                              run, torch_state, upstream_key)
@@ -39,23 +40,13 @@ from sjd_min.checkpoint import WeightsError, read_json
 from sjd_min.models.lumina_mgpt import FAMILY, PRESETS, needed_ids
 
 PRESET = "anole"
-META = {  # training/bin_to_pth.py's names
-    "tok_embeddings.weight": "embed",
-    "norm.weight": "norm",
-    "output.weight": "head",
+META = {  # training/bin_to_pth.py's names: Meta's Llama with unfused q, k, v and q/k LayerNorms
+    **META_LLAMA,
     "layers.{}.attention.wq.weight": "layers.{}.attn.wq",
     "layers.{}.attention.wk.weight": "layers.{}.attn.wk",
     "layers.{}.attention.wv.weight": "layers.{}.attn.wv",
-    "layers.{}.attention.wo.weight": "layers.{}.attn.wo",
-    "layers.{}.attention.q_normalization.weight": "layers.{}.attn.q_norm.w",
-    "layers.{}.attention.q_normalization.bias": "layers.{}.attn.q_norm.b",
-    "layers.{}.attention.k_normalization.weight": "layers.{}.attn.k_norm.w",
-    "layers.{}.attention.k_normalization.bias": "layers.{}.attn.k_norm.b",
-    "layers.{}.feed_forward.w1.weight": "layers.{}.mlp.w_gate",
-    "layers.{}.feed_forward.w3.weight": "layers.{}.mlp.w_up",
-    "layers.{}.feed_forward.w2.weight": "layers.{}.mlp.w_down",
-    "layers.{}.attention_norm.weight": "layers.{}.attn_norm",
-    "layers.{}.ffn_norm.weight": "layers.{}.mlp_norm",
+    "layers.{}.attention.q_normalization": "layers.{}.attn.q_norm",  # their "weight" and "bias"
+    "layers.{}.attention.k_normalization": "layers.{}.attn.k_norm", "weight": "w", "bias": "b",
 }
 
 

@@ -1,6 +1,7 @@
 """Upstream layouts that several families share: the Hugging Face Llama language model (its key
-names and config.json; Emu3 and Lumina-mGPT's Chameleon, and any HF-Llama-like release) and
-taming-transformers' VQGAN (Chameleon's image tokenizer, and the base of Emu3's)."""
+names and config.json; Emu3 and Lumina-mGPT's Chameleon, and any HF-Llama-like release), Meta's
+original Llama names (LlamaGen, Anole) and taming-transformers' VQGAN (Chameleon's image
+tokenizer, and the base of Emu3's and MoVQGAN's)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,17 @@ HF_LLAMA: Table = {
     "model.layers.{}.mlp.down_proj.weight": "layers.{}.mlp.w_down",
     "model.layers.{}.input_layernorm.weight": "layers.{}.attn_norm",
     "model.layers.{}.post_attention_layernorm.weight": "layers.{}.mlp_norm",
+}
+META_LLAMA: Table = {  # Meta's llama code, kept by LlamaGen and by Chameleon's own release (q, k, v: theirs)
+    "tok_embeddings.weight": "embed",
+    "norm.weight": "norm",
+    "output.weight": "head",
+    "layers.{}.attention.wo.weight": "layers.{}.attn.wo",
+    "layers.{}.feed_forward.w1.weight": "layers.{}.mlp.w_gate",
+    "layers.{}.feed_forward.w3.weight": "layers.{}.mlp.w_up",
+    "layers.{}.feed_forward.w2.weight": "layers.{}.mlp.w_down",
+    "layers.{}.attention_norm.weight": "layers.{}.attn_norm",
+    "layers.{}.ffn_norm.weight": "layers.{}.mlp_norm",
 }
 HF_LLAMA_IGNORED = r".*rotary_emb\.inv_freq"  # a buffer older saves include
 VQ_PREFIX = re.compile(r"^(model\.)?vqmodel\.")  # multimodal repos keep their image tokenizer beside the LLM

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from torch import Tensor
 
+from convert.layouts import META_LLAMA
 from convert.toolkit import (DTYPES, command, convert_state, describe, layout, read_json_arg, refuse_contradictions, run,
                              torch_state, upstream_key)
 from sjd_min import transformer as T
@@ -40,21 +41,13 @@ HUB_REPOS = [  # release file name pattern -> Hugging Face repo
     (re.compile(r"c2i_\w+\.pt|vq_ds(8|16)_c2i\.pt"), "FoundationVision/LlamaGen"),
     (re.compile(r"t2i_\w+\.pt|vq_ds16_t2i\.pt"), "peizesun/llamagen_t2i"),
 ]
-GPT = {
-    "tok_embeddings.weight": "embed",
-    "norm.weight": "norm",
-    "output.weight": "head",
+GPT = {  # Meta's Llama names, q, k, v fused, plus the condition embedding
+    **META_LLAMA,
+    "layers.{}.attention.wqkv.weight": ("layers.{}.attn.wq", "layers.{}.attn.wk", "layers.{}.attn.wv"),
     "cls_embedding.embedding_table.weight": "cond.table",  # c2i: one row per class, then the null class
     "cls_embedding.cap_proj.fc1.weight": "cond.fc1",  # t2i: the caption projection and null caption
     "cls_embedding.cap_proj.fc2.weight": "cond.fc2",
     "cls_embedding.uncond_embedding": "cond.null",
-    "layers.{}.attention.wqkv.weight": ("layers.{}.attn.wq", "layers.{}.attn.wk", "layers.{}.attn.wv"),
-    "layers.{}.attention.wo.weight": "layers.{}.attn.wo",
-    "layers.{}.feed_forward.w1.weight": "layers.{}.mlp.w_gate",
-    "layers.{}.feed_forward.w3.weight": "layers.{}.mlp.w_up",
-    "layers.{}.feed_forward.w2.weight": "layers.{}.mlp.w_down",
-    "layers.{}.attention_norm.weight": "layers.{}.attn_norm",
-    "layers.{}.ffn_norm.weight": "layers.{}.mlp_norm",
 }
 GPT_IGNORED = r"freqs_cis|layers\.\d+\.attention\.kv_cache\.[kv]_cache"  # derived buffers
 VQ = {  # decoder levels keep upstream's order (lowest resolution first)

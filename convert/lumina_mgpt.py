@@ -42,11 +42,8 @@ IMAGE_PREFIX = "IMGIMG"  # Chameleon's image-token names: IMGIMG + code in lette
 NAMES = token_names(Ids)  # the special tokens of the image layout, by Ids field (ids are read)
 TOKENIZER_FILES = {"vqgan_ckpt": "vqgan.ckpt", "vqgan_yaml": "vqgan.yaml", "text_tokenizer": "text_tokenizer.json"}
 CHAMELEON = {  # HF Llama plus qk-norm: a LayerNorm over head_dim, weight and bias per head
-    **HF_LLAMA,
-    "model.layers.{}.self_attn.q_norm.weight": "layers.{}.attn.q_norm.w",
-    "model.layers.{}.self_attn.q_norm.bias": "layers.{}.attn.q_norm.b",
-    "model.layers.{}.self_attn.k_norm.weight": "layers.{}.attn.k_norm.w",
-    "model.layers.{}.self_attn.k_norm.bias": "layers.{}.attn.k_norm.b",
+    **HF_LLAMA, "model.layers.{}.self_attn.q_norm": "layers.{}.attn.q_norm",
+    "model.layers.{}.self_attn.k_norm": "layers.{}.attn.k_norm", "weight": "w", "bias": "b",
 }
 
 

@@ -33,7 +33,7 @@ from torch import Tensor
 from . import transformer as T
 from .checkpoint import WeightsError, cast, cast_for, check_shapes, read_folder
 from .decoding import Constraint, ModelFn, Prefix
-from .layout import ImageLayout
+from .layout import ImageLayout, prefill_prompts
 from .sampling import Sampler
 
 FAMILIES = {
@@ -107,6 +107,45 @@ class Pipeline(Protocol):
     device: torch.device  # where its tensors live; decoding and noise run there
 
     def job(self, prompts: list[str], sampler: Sampler, size: int | None = None) -> Job: ...
+
+
+@dataclasses.dataclass
+class TokenPipeline:
+    """What every family whose prompts are rows of token ids holds; a family's pipeline adds its special
+    ids and layout, and its ``job`` is ``prompt_job`` with its own prompt rows, layout and decoder."""
+
+    params: dict  # transformer parameters (sjd_min.transformer layout)
+    config: T.Config
+    vq_params: dict  # the image tokenizer (float32)
+    vq_config: object  # its config dataclass
+    tokenizer: object  # tokenizers.Tokenizer
+    defaults: Defaults
+    device: torch.device
+
+    def tokens_per_side(self, size: int) -> int:
+        """Image tokens per side of a square image of `size` pixels: one per ``vq_config.factor`` pixels."""
+        f = self.vq_config.factor
+        if size < f or size % f:
+            raise ValueError(f"image size must be a positive multiple of {f} pixels, got {size}")
+        return size // f
+
+    def prompt_job(self, prompts: list[str], sampler: Sampler, layout: ImageLayout, prompt: Callable[[str], list[int]],
+                   unconditional: Callable[[list[int]], list[int]], pad: int, decode: Callable[[Tensor], Tensor],
+                   embed: Tensor | None = None) -> Job:
+        """The Job for `prompts`: the rows ``prompt(p)``, under CFG followed by ``unconditional(row)`` of
+        each, left-padded with `pad` and prefilled (``layout.prefill_prompts``; `embed`: the prompt ids'
+        own table where it is not the transformer's)."""
+        if not prompts:
+            raise ValueError("no prompts given")
+        rows = [prompt(p) for p in prompts]
+        if sampler.cfg:
+            rows += [unconditional(r) for r in rows]
+        vocab = len(embed) if embed is not None else self.config.vocab_size
+        if (top := max(max(r, default=0) for r in rows)) >= vocab:
+            raise ValueError(f"the text tokenizer produced id {top} beyond the vocabulary ({vocab})")
+        prefix = prefill_prompts(self.params, self.config, rows, pad, layout.n_tokens, self.device, embed=embed)
+        return Job(model=T.model_fn(self.params, self.config), prefix=prefix, layout=layout, sampler=sampler,
+                   decode=decode)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -224,6 +263,32 @@ def token(name: str):
 def token_names(ids: type) -> dict[str, str]:
     """{field: vocabulary name} of the `token` fields of an ``Ids`` dataclass."""
     return {f.name: f.metadata["token"] for f in dataclasses.fields(ids) if "token" in f.metadata}
+
+
+def text_tokenizer(folder: Path, config: dict, default: str = "tokenizer.json"):
+    """The folder's ``tokenizers.Tokenizer``, in the file config.json "text_tokenizer" names (or `default`)."""
+    from tokenizers import Tokenizer
+
+    path = folder / config_field(config, "text_tokenizer", str, folder, default)
+    if not path.is_file():
+        raise WeightsError(f"{folder} lacks {path.name}; convert the weights again")
+    return Tokenizer.from_file(str(path))
+
+
+def ids_outside(ids, section: str, names, vocab: int, vocab_field: str = "transformer.vocab_size") -> list[str]:
+    """A contradiction for every id among `names` of the config section `section` that lies outside
+    [0, vocab) (None: a token the vocabulary lacks, not checked)."""
+    return [f"{section}.{k} = {v} is outside {vocab_field} {vocab}" for k in names
+            if (v := getattr(ids, k)) is not None and not 0 <= v < vocab]
+
+
+def unequal(configs: dict, *pairs: tuple[str, str]) -> list[str]:
+    """A contradiction for every pair of parsed config fields ("part.field") that must agree and do not."""
+    def value(name: str):
+        part, field = name.split(".")
+        return getattr(configs[part], field)
+
+    return [f"{a} {value(a)} != {b} {value(b)}" for a, b in pairs if value(a) != value(b)]
 
 
 def config_field(config: dict, key: str, kind: object, folder, default=None):

@@ -114,7 +114,7 @@ def test_text_prompt_guidance_and_tokens(pipe, io):
 
 
 def test_layout_and_prompt(pipe):
-    lay = pipe.layout
+    lay = pipe.ids
     job = pipe.job([PROMPT, "a dog"], pipe.defaults.sampler(), size=64)
     assert job.layout.eol is None and job.layout.tail == (lay.image_end,) and job.n_tokens == 4 * 4 + 1
     assert job.prefix.logits.shape[0] == 4  # two prompts, two [<s>, <racm3:break>] rows

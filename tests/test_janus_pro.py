@@ -102,9 +102,9 @@ def test_prompt_and_layout(pipe):
                    pipe.ids.image_start]
     assert tok.id_to_token(ids[1]) == "<|User|>" and tok.id_to_token(ids[-2]) == ":"
     real = J.JanusPro(**{**pipe.__dict__, "vq_config": V.VQConfig(codebook_size=16384, embed_dim=8, z_channels=256)})
-    assert real.grid(384) == 24
+    assert real.tokens_per_side(384) == 24
     with pytest.raises(ValueError, match="multiple of 16"):
-        real.grid(390)
+        real.tokens_per_side(390)
     job = pipe.job(["a red cat", "a blue dog on the tree"], pipe.defaults.sampler(), size=16)
     assert job.layout.eol is None and job.layout.tail == () and job.n_tokens == 64
     assert job.prefix.logits.shape == (4, pipe.config.vocab_size)  # 2 prompts, their 2 unconditional rows

@@ -159,7 +159,7 @@ def test_qk_norm_forms_and_shards_agree(tmp_path, release):
 
 
 def test_prompt_tokens(pipeline):
-    lay = pipeline.layout
+    lay = pipeline.ids
     ids = pipeline.prompt_ids("a red circle", 768)
     vocab = vocabulary()
     assert ids[0] == vocab["<s>"]
@@ -184,8 +184,8 @@ def test_job_layout(pipeline, size):
     assert job.layout.image_range == (lo_img, hi_img)
     lo, hi = job.constraint.lo, job.constraint.hi
     eol = torch.arange(s) * (s + 1) + s
-    assert torch.equal(lo[eol], torch.full((s,), pipeline.layout.end_of_line)) and torch.equal(hi[eol], lo[eol] + 1)
-    assert (lo[-1], hi[-1]) == (pipeline.layout.image_end, pipeline.layout.image_end + 1)
+    assert torch.equal(lo[eol], torch.full((s,), pipeline.ids.end_of_line)) and torch.equal(hi[eol], lo[eol] + 1)
+    assert (lo[-1], hi[-1]) == (pipeline.ids.image_end, pipeline.ids.image_end + 1)
     img = job.image_slots.flatten()
     assert torch.equal(lo[img], torch.full_like(img, lo_img)) and torch.equal(hi[img], torch.full_like(img, hi_img))
     assert len(img) + s + 1 == job.n_tokens
@@ -218,8 +218,8 @@ def test_every_method_keeps_the_layout(pipeline, method):
     tokens = result.tokens
     s = 64 // 16
     eol = torch.arange(s) * (s + 1) + s
-    assert (tokens[:, eol] == pipeline.layout.end_of_line).all()
-    assert (tokens[:, -1] == pipeline.layout.image_end).all()
+    assert (tokens[:, eol] == pipeline.ids.end_of_line).all()
+    assert (tokens[:, -1] == pipeline.ids.image_end).all()
     lo, hi = pipeline.image_range
     img = tokens[:, job.image_slots.flatten()]
     assert ((img >= lo) & (img < hi)).all()

@@ -34,10 +34,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .. import transformer as T
-from ..checkpoint import WeightsError
-from ..family import Defaults, Job, Part, config_field, load_parts, token, transformer_part, vq_part
-from ..layout import ImageLayout, prefill_prompts
+from ..family import (Defaults, Job, Part, TokenPipeline, config_field, ids_outside, load_parts, text_tokenizer,
+                      token, token_names, transformer_part, vq_part)
+from ..layout import ImageLayout
 from ..sampling import Sampler
 from ..vq import emu3 as V
 
@@ -63,19 +62,11 @@ class Ids:
     visual_offset: int = token("<|visual token 000000|>")  # visual token k is visual_offset + k
 
 
-ID_KEYS = tuple(f.name for f in dataclasses.fields(Ids))
-
-
 @dataclasses.dataclass
-class Emu3:
-    params: dict  # transformer parameters (sjd_min.transformer layout)
-    config: T.Config
-    vq_params: dict  # vision tokenizer (float32)
-    vq_config: V.Emu3VQConfig
+class Emu3(TokenPipeline):
+    """Emu3-Gen; its image tokenizer (vq_params, vq_config) is the vision tokenizer (``V.Emu3VQConfig``)."""
+
     ids: Ids
-    tokenizer: object  # tokenizers.Tokenizer
-    defaults: Defaults
-    device: torch.device
     max_positions: int  # RoPE positions the model was trained for (prompt + output must fit)
     positive: str = POSITIVE
     negative: str = NEGATIVE
@@ -86,20 +77,15 @@ class Emu3:
         lo = self.ids.visual_offset
         return lo, lo + self.vq_config.codebook_size
 
-    def grid(self, size: int) -> int:
-        """Visual tokens per side of a square image of `size` pixels."""
-        f = self.vq_config.factor
-        if size < f or size % f:
-            raise ValueError(f"image size must be a positive multiple of {f} pixels, got {size}")
-        return size // f
-
     def prompt_ids(self, text: str, side: int) -> list[int]:
-        """<bos> text <image start> "{h}*{w}" <image token>."""
+        """<bos> text <image start> "{h}*{w}" <image token>, checked to leave the image room in the positions."""
         enc = lambda s: self.tokenizer.encode(s, add_special_tokens=False).ids  # noqa: E731
         ids = self.ids
         out = [ids.bos, *enc(text), ids.boi, *enc(f"{side}*{side}"), ids.img]
-        if max(out) >= self.config.vocab_size:
-            raise ValueError(f"the text tokenizer produced id {max(out)} beyond the vocabulary ({self.config.vocab_size})")
+        n, px = self.image_layout(side).n_tokens, side * self.vq_config.factor
+        if len(out) + n > self.max_positions:
+            raise ValueError(f"{px}x{px} needs {len(out) + n} positions (prompt {len(out)} + image {n}); the model "
+                             f"was trained for {self.max_positions}: choose a smaller --size")
         return out
 
     def image_layout(self, side: int) -> ImageLayout:
@@ -108,19 +94,11 @@ class Emu3:
         return ImageLayout(side, side, self.visual_range, eol=ids.eol, tail=(ids.eof, ids.eoi, ids.eos))
 
     def job(self, prompts: list[str], sampler: Sampler, size: int | None = None) -> Job:
-        size = size or self.defaults.size
-        side = self.grid(size)
+        side = self.tokens_per_side(size or self.defaults.size)
         layout = self.image_layout(side)
-        rows = [self.prompt_ids(p + self.positive, side) for p in prompts]
-        if sampler.cfg:
-            rows += [self.prompt_ids(self.negative, side)] * len(prompts)
-        length = max(len(r) for r in rows)
-        if length + layout.n_tokens > self.max_positions:
-            raise ValueError(f"{size}x{size} needs {length + layout.n_tokens} positions (prompt {length} + image "
-                             f"{layout.n_tokens}); the model was trained for {self.max_positions}: choose a smaller --size")
-        prefix = prefill_prompts(self.params, self.config, rows, self.ids.pad, layout.n_tokens, self.device)
-        return Job(model=T.model_fn(self.params, self.config), prefix=prefix, layout=layout, sampler=sampler,
-                   decode=lambda tokens: self.decode(tokens, layout))
+        return self.prompt_job(prompts, sampler, layout, lambda p: self.prompt_ids(p + self.positive, side),
+                               lambda _: self.prompt_ids(self.negative, side), self.ids.pad,
+                               lambda tokens: self.decode(tokens, layout))
 
     def decode(self, tokens: Int[Tensor, "b n"], layout: ImageLayout) -> Float[Tensor, "b 3 H W"]:
         """Output tokens -> pixels in about [-1, 1] (not clamped, as upstream's decoder)."""
@@ -129,8 +107,7 @@ class Emu3:
 
 def _check(configs: dict) -> list[str]:
     ids, vq, t = configs["ids"], configs["vq"], configs["transformer"]
-    problems = [f"ids.{k} = {getattr(ids, k)} is outside transformer.vocab_size {t.vocab_size}"
-                for k in ID_KEYS if not 0 <= getattr(ids, k) < t.vocab_size]
+    problems = ids_outside(ids, "ids", token_names(Ids), t.vocab_size)
     if ids.visual_offset + vq.codebook_size > t.vocab_size:
         problems.append(f"visual tokens from ids.visual_offset = {ids.visual_offset} ({vq.codebook_size} codes, "
                         f"vq.codebook_size) exceed transformer.vocab_size {t.vocab_size}")
@@ -140,18 +117,14 @@ def _check(configs: dict) -> list[str]:
 def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Emu3:
     """A converted Emu3 folder (convert/emu3.py). dtype None: the stored one on GPU, float32 on CPU.
     The vision tokenizer always runs in float32."""
-    from tokenizers import Tokenizer
-
     folder = Path(folder)
     parts = [transformer_part(), vq_part(V.Emu3VQConfig, V.init_params), Part("ids", Ids)]
     config, configs, params = load_parts(folder, FAMILY, parts, device, dtype, check=_check)
-    if not (folder / "tokenizer.json").is_file():
-        raise WeightsError(f"{folder} lacks tokenizer.json; convert the weights again")
     side = round(math.sqrt(config_field(config, "image_area", int, folder, DEFAULTS.size**2)))
     vq = configs["vq"]
     return Emu3(
         params=params["transformer"], config=configs["transformer"], vq_params=params["vq"], vq_config=vq,
-        ids=configs["ids"], tokenizer=Tokenizer.from_file(str(folder / "tokenizer.json")),
-        defaults=DEFAULTS.replace(size=side - side % vq.factor), device=torch.device(device),
+        tokenizer=text_tokenizer(folder, config), defaults=DEFAULTS.replace(size=side - side % vq.factor),
+        device=torch.device(device), ids=configs["ids"],
         max_positions=config_field(config, "max_positions", int, folder, 9216),
     )

@@ -34,10 +34,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .. import transformer as T
-from ..checkpoint import WeightsError
-from ..family import Defaults, Job, Part, config_field, load_parts, token, transformer_part, vq_part
-from ..layout import ImageLayout, prefill_prompts
+from ..family import (Defaults, Job, Part, TokenPipeline, config_field, ids_outside, load_parts, text_tokenizer,
+                      token, token_names, transformer_part, unequal, vq_part)
+from ..layout import ImageLayout
 from ..sampling import Sampler
 from ..vq import vqgan as V
 
@@ -69,50 +68,28 @@ def init_text(config: TextEmbed, generator: torch.Generator) -> dict:
 
 
 @dataclasses.dataclass
-class JanusPro:
-    params: dict  # transformer parameters: vocabulary = image codes, head_hidden = gen_head's width
-    config: T.Config
-    text_embed: Tensor  # [text vocab, dim]
-    vq_params: dict  # VQ-16 (float32)
-    vq_config: V.VQConfig
-    ids: Ids
-    tokenizer: object  # tokenizers.Tokenizer
-    defaults: Defaults
-    device: torch.device
-    family: str = FAMILY
+class JanusPro(TokenPipeline):
+    """Janus-Pro: the transformer's vocabulary is the image codes (params, config: head_hidden = gen_head's
+    width), its image tokenizer the VQ-16; the prompt's text ids have their own embedding table."""
 
-    def grid(self, size: int) -> int:
-        """Codes per side of a square image of `size` pixels."""
-        f = self.vq_config.factor
-        if size < f or size % f:
-            raise ValueError(f"image size must be a positive multiple of {f} pixels, got {size}")
-        return size // f
+    text_embed: Tensor  # [text vocab, dim]
+    ids: Ids
+    family: str = FAMILY
 
     def prompt_ids(self, text: str) -> list[int]:
         """<bos>, the templated caption, <begin_of_image> (upstream strips the caption)."""
         ids = self.tokenizer.encode(PROMPT.format(text=text.strip()), add_special_tokens=False).ids
-        out = [self.ids.bos, *ids, self.ids.image_start]
-        if max(out) >= len(self.text_embed):
-            raise ValueError(f"the text tokenizer produced id {max(out)} beyond the text vocabulary "
-                             f"({len(self.text_embed)})")
-        return out
+        return [self.ids.bos, *ids, self.ids.image_start]
 
     def unconditional(self, row: list[int]) -> list[int]:
         """The CFG row of a prompt: its first and last token, pad ids in between."""
         return [row[0], *[self.ids.pad] * (len(row) - 2), row[-1]]
 
     def job(self, prompts: list[str], sampler: Sampler, size: int | None = None) -> Job:
-        if not prompts:
-            raise ValueError("no prompts given")
-        side = self.grid(size or self.defaults.size)
+        side = self.tokens_per_side(size or self.defaults.size)
         layout = ImageLayout(side, side, (0, self.config.vocab_size))  # codes are the transformer's ids
-        rows = [self.prompt_ids(p) for p in prompts]
-        if sampler.cfg:
-            rows += [self.unconditional(r) for r in rows]
-        prefix = prefill_prompts(self.params, self.config, rows, self.ids.pad, layout.n_tokens, self.device,
-                                 embed=self.text_embed)
-        return Job(model=T.model_fn(self.params, self.config), prefix=prefix, layout=layout, sampler=sampler,
-                   decode=lambda tokens: self.decode(tokens, layout))
+        return self.prompt_job(prompts, sampler, layout, self.prompt_ids, self.unconditional, self.ids.pad,
+                               lambda tokens: self.decode(tokens, layout), embed=self.text_embed)
 
     def decode(self, tokens: Int[Tensor, "b n"], layout: ImageLayout) -> Float[Tensor, "b 3 H W"]:
         """Output codes -> pixels in about [-1, 1] (not clamped, as upstream's decode_code)."""
@@ -120,35 +97,23 @@ class JanusPro:
 
 
 def _check(configs: dict) -> list[str]:
-    ids, vq, t, text = configs["ids"], configs["vq"], configs["transformer"], configs["text"]
-    problems = [f"ids.{f.name} = {getattr(ids, f.name)} is outside text.vocab_size {text.vocab_size}"
-                for f in dataclasses.fields(Ids) if not 0 <= getattr(ids, f.name) < text.vocab_size]
-    if t.vocab_size != vq.codebook_size:
-        problems.append(f"transformer.vocab_size {t.vocab_size} (image codes) differs from vq.codebook_size "
-                        f"{vq.codebook_size}")
-    if text.dim != t.dim:
-        problems.append(f"text.dim {text.dim} differs from transformer.dim {t.dim}")
-    return problems
+    vocab = configs["text"].vocab_size  # the prompt's ids are text ids; the transformer's are the image codes
+    return ids_outside(configs["ids"], "ids", token_names(Ids), vocab, "text.vocab_size") + \
+        unequal(configs, ("transformer.vocab_size", "vq.codebook_size"), ("text.dim", "transformer.dim"))
 
 
 def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> JanusPro:
     """A converted Janus-Pro folder (convert/janus_pro.py). dtype None: the stored one on GPU, float32
     on CPU. The VQ always runs in float32."""
-    from tokenizers import Tokenizer
-
     folder = Path(folder)
     parts = [transformer_part(), Part("text", TextEmbed, lambda c, tensors: init_text(c, torch.Generator())),
              vq_part(V.VQConfig, V.init_params), Part("ids", Ids)]
     config, configs, params = load_parts(folder, FAMILY, parts, device, dtype, check=_check)
-    tok_path = folder / config_field(config, "text_tokenizer", str, folder, "tokenizer.json")
-    if not tok_path.is_file():
-        raise WeightsError(f"{folder} lacks {tok_path.name}; convert the weights again")
     size = config_field(config, "image_size", int, folder, DEFAULTS.size)
     trunk = params["transformer"]  # the converter keeps the tabulated code embedding in float32: run it
     trunk["embed"] = trunk["embed"].to(trunk["norm"].dtype)  # in the trunk's dtype (bf16 on a GPU)
     return JanusPro(
-        params=trunk, config=configs["transformer"], text_embed=params["text"]["embed"],
-        vq_params=params["vq"], vq_config=configs["vq"], ids=configs["ids"],
-        tokenizer=Tokenizer.from_file(str(tok_path)), defaults=DEFAULTS.replace(size=size),
-        device=torch.device(device),
+        params=trunk, config=configs["transformer"], vq_params=params["vq"], vq_config=configs["vq"],
+        tokenizer=text_tokenizer(folder, config), defaults=DEFAULTS.replace(size=size), device=torch.device(device),
+        text_embed=params["text"]["embed"], ids=configs["ids"],
     )

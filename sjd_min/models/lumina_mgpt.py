@@ -54,10 +54,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .. import transformer as T
 from ..checkpoint import WeightsError
-from ..family import Defaults, Job, Part, config_field, load_parts, token, token_names, transformer_part, vq_part
-from ..layout import ImageLayout, prefill_prompts
+from ..family import (Defaults, Job, Part, TokenPipeline, config_field, ids_outside, load_parts, text_tokenizer,
+                      token, token_names, transformer_part, vq_part)
+from ..layout import ImageLayout
 from ..sampling import Sampler
 from ..vq import vqgan as V
 
@@ -108,16 +108,11 @@ def needed_ids(preset: Preset) -> tuple[str, ...]:
 
 
 @dataclasses.dataclass
-class LuminaMGPT:
-    params: dict  # transformer parameters (sjd_min.transformer layout)
-    config: T.Config
-    vq_params: dict  # Chameleon VQGAN (float32)
-    vq_config: V.VQConfig
-    layout: Ids
+class LuminaMGPT(TokenPipeline):
+    """A Chameleon-based model; its image tokenizer is Meta's VQGAN, its text tokenizer Meta's."""
+
+    ids: Ids  # config.json "layout"
     image_ids: Int[Tensor, " k"]  # image_ids[code] = token id of VQ code `code`
-    tokenizer: object  # tokenizers.Tokenizer (Meta's text_tokenizer.json)
-    defaults: Defaults
-    device: torch.device
     preset: Preset = PRESETS["lumina_mgpt"]
     family: str = FAMILY
 
@@ -127,51 +122,41 @@ class LuminaMGPT:
 
     def grid(self, size: int) -> tuple[int, int]:
         """(size-token grid units, VQ tokens per side) for a square image of `size` pixels."""
-        px, per = self.layout.grid_px, self.layout.grid_tokens
+        px, per = self.ids.grid_px, self.ids.grid_tokens
         if not self.preset.size_tokens:  # no size tokens: one VQ token per `factor` pixels
             px, per = self.vq_config.factor, 1
         if size < px or size % px:
             raise ValueError(f"image size must be a positive multiple of {px} pixels, got {size}")
         units = size // px
-        if self.preset.size_tokens and self.layout.size_token_base + units >= self.config.vocab_size:
+        if self.preset.size_tokens and self.ids.size_token_base + units >= self.config.vocab_size:
             raise ValueError(f"size {size} needs a size token beyond the vocabulary ({units} grid units)")
         return units, units * per
 
     def prompt_ids(self, text: str, size: int) -> list[int]:
         """Conditional prompt: bos, the templated text, end-of-turn, image-start (and two size tokens)."""
         units, _ = self.grid(size)
-        lay = self.layout
-        ids = self.tokenizer.encode(self.preset.prompt.format(w=size, h=size, text=text), add_special_tokens=False).ids
-        sizes = [lay.size_token_base + units] * 2 if self.preset.size_tokens else []
-        out = [lay.bos, *ids, lay.end_of_turn, lay.image_start, *sizes]
-        if max(out) >= self.config.vocab_size:
-            raise ValueError(f"the text tokenizer produced id {max(out)} beyond the vocabulary ({self.config.vocab_size})")
-        return out
+        ids = self.ids
+        text_ids = self.tokenizer.encode(self.preset.prompt.format(w=size, h=size, text=text), add_special_tokens=False)
+        sizes = [ids.size_token_base + units] * 2 if self.preset.size_tokens else []
+        return [ids.bos, *text_ids.ids, ids.end_of_turn, ids.image_start, *sizes]
 
     def image_layout(self, size: int) -> ImageLayout:
         """h rows of w image tokens (each ended by end-of-line where the preset has it), then end-of-image."""
         _, side = self.grid(size)
-        eol = self.layout.end_of_line if self.preset.end_of_line else None
-        return ImageLayout(side, side, self.image_range, eol=eol, tail=(self.layout.image_end,))
+        eol = self.ids.end_of_line if self.preset.end_of_line else None
+        return ImageLayout(side, side, self.image_range, eol=eol, tail=(self.ids.image_end,))
 
     def unconditional(self, row: list[int]) -> list[int]:
         """The CFG context of a prompt row: its tail from image-start on, or [bos, image-start]."""
         if self.preset.uncond == "bos":
-            return [self.layout.bos, self.layout.image_start]
+            return [self.ids.bos, self.ids.image_start]
         return row[-3:]  # <racm3:break> <size> <size>
 
     def job(self, prompts: list[str], sampler: Sampler, size: int | None = None) -> Job:
-        if not prompts:
-            raise ValueError("no prompts given")
         size = size or self.defaults.size
         layout = self.image_layout(size)
-        rows = [self.prompt_ids(p, size) for p in prompts]
-        if sampler.cfg:
-            rows += [self.unconditional(r) for r in rows]
-        prefix = prefill_prompts(self.params, self.config, rows, self.layout.pad, layout.n_tokens,
-                                 self.image_ids.device)
-        return Job(model=T.model_fn(self.params, self.config), prefix=prefix, layout=layout, sampler=sampler,
-                   decode=lambda tokens: self.decode(tokens, layout))
+        return self.prompt_job(prompts, sampler, layout, lambda p: self.prompt_ids(p, size), self.unconditional,
+                               self.ids.pad, lambda tokens: self.decode(tokens, layout))
 
     def decode(self, tokens: Int[Tensor, "b n"], layout: ImageLayout) -> Float[Tensor, "b 3 H W"]:
         """Output tokens -> pixels in about [-1, 1] (not clamped, as upstream's VQGAN)."""
@@ -184,8 +169,7 @@ class LuminaMGPT:
 
 def _check(configs: dict) -> list[str]:
     ids, vq, t = configs["layout"], configs["vq"], configs["transformer"]
-    problems = [f"layout.{k} = {getattr(ids, k)} is outside transformer.vocab_size {t.vocab_size}"
-                for k in token_names(Ids) if getattr(ids, k) is not None and not 0 <= getattr(ids, k) < t.vocab_size]
+    problems = ids_outside(ids, "layout", token_names(Ids), t.vocab_size)
     if ids.size_token_base is not None and vq.factor * ids.grid_tokens != ids.grid_px:
         problems.append(f"the VQGAN downsamples {vq.factor}x (vq.ch_mult), but layout.grid_tokens = "
                         f"{ids.grid_tokens} tokens on layout.grid_px = {ids.grid_px} px")
@@ -195,8 +179,6 @@ def _check(configs: dict) -> list[str]:
 def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> LuminaMGPT:
     """A converted Lumina-mGPT or Anole folder (convert/lumina_mgpt.py, convert/anole.py). dtype None: the
     stored one on GPU, float32 on CPU. The VQGAN always runs in float32."""
-    from tokenizers import Tokenizer
-
     folder = Path(folder)
     parts = [transformer_part(), vq_part(V.VQConfig, V.init_params), Part("layout", Ids)]
     config, configs, params = load_parts(folder, FAMILY, parts, device, dtype, check=_check)
@@ -217,14 +199,11 @@ def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dt
         raise WeightsError(f"{folder}/config.json: {len(image_ids)} image_token_ids up to {max(image_ids)} do not "
                            f"fit vq.codebook_size {configs['vq'].codebook_size} and transformer.vocab_size "
                            f"{configs['transformer'].vocab_size}")
-    tok_path = folder / config_field(config, "text_tokenizer", str, folder, "text_tokenizer.json")
-    if not tok_path.is_file():
-        raise WeightsError(f"{folder} lacks {tok_path.name}; convert the weights again")
     legacy = config.get("defaults", {}).get("size")  # where folders converted before image_size kept it
     size = config_field(config, "image_size", int, folder, legacy or preset.defaults.size)
     return LuminaMGPT(
         params=params["transformer"], config=configs["transformer"], vq_params=params["vq"], vq_config=configs["vq"],
-        layout=configs["layout"], image_ids=torch.tensor(image_ids, dtype=torch.long, device=device),
-        tokenizer=Tokenizer.from_file(str(tok_path)), defaults=preset.defaults.replace(size=size),
-        device=torch.device(device), preset=preset,
+        tokenizer=text_tokenizer(folder, config, "text_tokenizer.json"), defaults=preset.defaults.replace(size=size),
+        device=torch.device(device), ids=configs["layout"], preset=preset,
+        image_ids=torch.tensor(image_ids, dtype=torch.long, device=device),
     )

@@ -35,10 +35,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .. import transformer as T
-from ..checkpoint import WeightsError
-from ..family import Defaults, Job, Part, config_field, load_parts, token, token_names, transformer_part, vq_part
-from ..layout import ImageLayout, prefill_prompts
+from ..family import (Defaults, Job, Part, TokenPipeline, config_field, ids_outside, load_parts, text_tokenizer,
+                      token, token_names, transformer_part, vq_part)
+from ..layout import ImageLayout
 from ..sampling import Sampler
 from ..vq import movqgan as M
 from ..vq.vqgan import VQConfig
@@ -69,19 +68,11 @@ class Ids:
             raise ValueError("size_tokens is empty: the vocabulary has no <reserved08801> (one grid unit)")
 
 
-SINGLE_IDS = ("bos", "pad", *token_names(Ids))
-
-
 @dataclasses.dataclass
-class LuminaMGPT2:
-    params: dict  # transformer parameters (sjd_min.transformer layout)
-    config: T.Config
-    vq_params: dict  # MoVQGAN (float32)
-    vq_config: VQConfig
+class LuminaMGPT2(TokenPipeline):
+    """Lumina-mGPT 2.0; its image tokenizer is the MoVQGAN, its text tokenizer the release's."""
+
     ids: Ids
-    tokenizer: object  # tokenizers.Tokenizer (the release's tokenizer.json)
-    defaults: Defaults
-    device: torch.device
     family: str = FAMILY
 
     @property
@@ -105,10 +96,7 @@ class LuminaMGPT2:
         ids = self.ids
         body = self.tokenizer.encode(PROMPT.format(w=size, h=size, text=text), add_special_tokens=False).ids
         size_token = ids.size_tokens[units - 1]
-        out = [ids.bos, *body, ids.end_of_turn, ids.image_start, size_token, size_token]
-        if max(out) >= self.config.vocab_size:
-            raise ValueError(f"the text tokenizer produced id {max(out)} beyond the vocabulary ({self.config.vocab_size})")
-        return out
+        return [ids.bos, *body, ids.end_of_turn, ids.image_start, size_token, size_token]
 
     def image_layout(self, size: int) -> ImageLayout:
         """h rows of (w image tokens, end-of-row), then <eoss>."""
@@ -116,16 +104,11 @@ class LuminaMGPT2:
         return ImageLayout(side, side, self.image_range, eol=self.ids.end_of_line, tail=(self.ids.image_end,))
 
     def job(self, prompts: list[str], sampler: Sampler, size: int | None = None) -> Job:
-        if not prompts:
-            raise ValueError("no prompts given")
         size = size or self.defaults.size
         layout = self.image_layout(size)
-        rows = [self.prompt_ids(p, size) for p in prompts]
-        if sampler.cfg:
-            rows += [r[-3:] for r in rows]  # unconditional context: <racm3:break> and the size tokens
-        prefix = prefill_prompts(self.params, self.config, rows, self.ids.pad, layout.n_tokens, self.device)
-        return Job(model=T.model_fn(self.params, self.config), prefix=prefix, layout=layout, sampler=sampler,
-                   decode=lambda tokens: self.decode(tokens, layout))
+        return self.prompt_job(prompts, sampler, layout, lambda p: self.prompt_ids(p, size),
+                               lambda row: row[-3:],  # unconditional context: <racm3:break> and the size tokens
+                               self.ids.pad, lambda tokens: self.decode(tokens, layout))
 
     def decode(self, tokens: Int[Tensor, "b n"], layout: ImageLayout) -> Float[Tensor, "b 3 H W"]:
         """Output tokens -> pixels in about [-1, 1] (not clamped, as upstream's decoder)."""
@@ -134,8 +117,7 @@ class LuminaMGPT2:
 
 def _check(configs: dict) -> list[str]:
     ids, vq, t = configs["ids"], configs["vq"], configs["transformer"]
-    problems = [f"ids.{k} = {getattr(ids, k)} is outside transformer.vocab_size {t.vocab_size}"
-                for k in SINGLE_IDS if not 0 <= getattr(ids, k) < t.vocab_size]
+    problems = ids_outside(ids, "ids", ("bos", "pad", *token_names(Ids)), t.vocab_size)
     problems += [f"ids.size_tokens holds {s}, outside transformer.vocab_size {t.vocab_size}"
                  for s in ids.size_tokens if not 0 <= s < t.vocab_size][:1]
     if not 0 <= ids.image_offset or ids.image_offset + vq.codebook_size > t.vocab_size:
@@ -152,17 +134,12 @@ def _check(configs: dict) -> list[str]:
 def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> LuminaMGPT2:
     """A converted Lumina-mGPT 2.0 folder (convert/lumina_mgpt2.py). dtype None: the stored one on GPU,
     float32 on CPU. The MoVQGAN always runs in float32."""
-    from tokenizers import Tokenizer
-
     folder = Path(folder)
     parts = [transformer_part(), vq_part(VQConfig, M.init_params), Part("ids", Ids)]
     config, configs, params = load_parts(folder, FAMILY, parts, device, dtype, check=_check)
-    tok_path = folder / config_field(config, "text_tokenizer", str, folder, "tokenizer.json")
-    if not tok_path.is_file():
-        raise WeightsError(f"{folder} lacks {tok_path.name}; convert the weights again")
     size = config_field(config, "image_size", int, folder, DEFAULTS.size)
     return LuminaMGPT2(
         params=params["transformer"], config=configs["transformer"], vq_params=params["vq"], vq_config=configs["vq"],
-        ids=configs["ids"], tokenizer=Tokenizer.from_file(str(tok_path)), defaults=DEFAULTS.replace(size=size),
-        device=torch.device(device),
+        tokenizer=text_tokenizer(folder, config), defaults=DEFAULTS.replace(size=size), device=torch.device(device),
+        ids=configs["ids"],
     )

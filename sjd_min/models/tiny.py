@@ -26,10 +26,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .. import transformer as T
 from ..checkpoint import WeightsError
-from ..family import Defaults, Job, Part, load_parts, transformer_part, vq_part
-from ..layout import ImageLayout, prefill_prompts
+from ..family import Defaults, Job, Part, TokenPipeline, load_parts, transformer_part, unequal, vq_part
+from ..layout import ImageLayout
 from ..scenes import max_caption_words
 from ..sampling import Sampler
 from ..vq import vqgan as V
@@ -104,32 +103,21 @@ def prompt_ids(tokenizer, layout: Layout, caption: str) -> list[int]:
 
 
 @dataclasses.dataclass
-class Tiny:
-    params: dict  # transformer parameters (sjd_min.transformer layout)
-    config: T.Config
-    vq_params: dict  # VQ (decoder; the encoder too where the folder holds it), float32
-    vq_config: V.VQConfig
+class Tiny(TokenPipeline):
+    """The embedded model; its image tokenizer is the VQ (the encoder too where the folder holds it)."""
+
     layout: Layout
-    tokenizer: object  # tokenizers.Tokenizer
-    defaults: Defaults
-    device: torch.device
     family: str = FAMILY
 
     def job(self, prompts: list[str], sampler: Sampler, size: int | None = None) -> Job:
-        if not prompts:
-            raise ValueError("no prompts given")
         native = self.layout.grid * self.vq_config.factor
         if size not in (None, native):
             raise ValueError(f"the tiny model makes {native}x{native} images only; got size {size}")
         if any(not p.strip() for p in prompts):
             raise ValueError("empty prompt: describe a scene, e.g. 'a big red circle on the left'")
-        rows = [prompt_ids(self.tokenizer, self.layout, p) for p in prompts]
-        if sampler.cfg:
-            rows += [prompt_ids(self.tokenizer, self.layout, "")] * len(prompts)  # the empty caption
-        img = self.layout.image
-        prefix = prefill_prompts(self.params, self.config, rows, self.layout.pad, img.n_tokens, self.device)
-        return Job(model=T.model_fn(self.params, self.config), prefix=prefix, layout=img, sampler=sampler,
-                   decode=self.decode)
+        prompt = lambda caption: prompt_ids(self.tokenizer, self.layout, caption)  # noqa: E731
+        return self.prompt_job(prompts, sampler, self.layout.image, prompt, lambda _: prompt(""),  # the empty caption
+                               self.layout.pad, self.decode)
 
     def decode(self, tokens: Int[Tensor, "b n"]) -> Float[Tensor, "b 3 H W"]:
         """Output tokens -> pixels in about [-1, 1]."""
@@ -137,13 +125,11 @@ class Tiny:
 
 
 def _check(configs: dict) -> list[str]:
-    t, v, layout = configs["transformer"], configs["vq"], configs["layout"]
-    problems = []
-    if layout.image_offset + layout.codebook_size > t.vocab_size:
-        problems.append(f"layout.image_offset + layout.codebook_size = {layout.image_offset + layout.codebook_size} "
-                        f"exceeds transformer.vocab_size {t.vocab_size}")
-    if layout.codebook_size != v.codebook_size:
-        problems.append(f"layout.codebook_size {layout.codebook_size} != vq.codebook_size {v.codebook_size}")
+    t, layout = configs["transformer"], configs["layout"]
+    problems = unequal(configs, ("layout.codebook_size", "vq.codebook_size"))
+    if (end := layout.image_offset + layout.codebook_size) > t.vocab_size:
+        problems.append(f"layout.image_offset + layout.codebook_size = {end} exceeds transformer.vocab_size "
+                        f"{t.vocab_size}")
     return problems
 
 
