@@ -11,9 +11,9 @@ transformers ``Emu3ForCausalLM`` reads the same), or transformers' ``*-hf`` conv
 not needed where the model folder holds the VQ; ``--tokenizer`` where the tokenizer files are.
 
 Output: ``config.json`` (``family: emu3``, the transformer and VQ configs, the special ids, the
-visual token offset, the release's default image area where its config names one), ``transformer.safetensors`` (``--dtype``, default
-bfloat16 as upstream runs it), ``vq.safetensors`` (float32, BatchNorm running statistics kept) and
-``tokenizer.json``.
+visual token offset, the release's default image area where its config names one),
+``transformer.safetensors`` (``--dtype``, default bfloat16 as upstream runs it), ``vq.safetensors``
+(float32, BatchNorm running statistics kept) and ``tokenizer.json``.
 
 Tokenizer. Emu3 ships tiktoken files; the converter writes an equivalent byte-level BPE for the
 ``tokenizers`` library: each token's bytes spelled through GPT-2's byte-to-unicode table, its rank

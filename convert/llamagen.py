@@ -30,10 +30,10 @@ from pathlib import Path
 from torch import Tensor
 
 from convert.layouts import META_LLAMA
-from convert.toolkit import (DTYPES, command, convert_state, describe, layout, read_json_arg, refuse_contradictions, run,
-                             torch_state, upstream_key)
+from convert.toolkit import (DTYPES, command, convert_state, describe, layout, refuse_contradictions, run, torch_state,
+                             upstream_key)
 from sjd_min import transformer as T
-from sjd_min.checkpoint import WeightsError, cast, from_hub
+from sjd_min.checkpoint import WeightsError, cast, from_hub, read_json
 from sjd_min.vq import vqgan
 
 T5_TOKENIZER = "t5_tokenizer.json"
@@ -203,15 +203,15 @@ def build(args) -> tuple[dict, dict, dict, list[str]]:
     if args.vq:
         path = resolve_file(args.vq)
         sd = torch_state(path)
-        vq, has_encoder = infer_vq(sd, path.name, read_json_arg(args.vq_config))
+        vq, has_encoder = infer_vq(sd, path.name, args.vq_config and read_json(args.vq_config))
         tensors["vq"] = convert_vq(sd, vq, has_encoder, path.name)
         config.update(vq=dataclasses.asdict(vq), sources={"vq": path.name})
         lines.append(f"VQ {path.name}: {describe(vq)}, {'encoder + ' if has_encoder else ''}decoder")
     if args.gpt:
         path = resolve_file(args.gpt)
         sd = torch_state(path)
-        gpt, task, preset, source = infer_gpt(sd, path.name, read_json_arg(args.gpt_config), args.image_size,
-                                              vq and vq.factor)
+        upstream = args.gpt_config and read_json(args.gpt_config)
+        gpt, task, preset, source = infer_gpt(sd, path.name, upstream, args.image_size, vq and vq.factor)
         if args.t5 and task != "t2i":
             raise WeightsError("--t5 is for text-to-image GPTs; this one is class-conditional")
         if vq and gpt.vocab_size != vq.codebook_size:

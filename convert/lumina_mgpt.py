@@ -11,9 +11,10 @@ Inputs, as released:
   ``vqgan.yaml`` (taming ``VQModel`` params) and ``text_tokenizer.json``.
 
 Output (``sjd_min.checkpoint.write_folder``, atomic): ``config.json`` (family, transformer and VQ
-configs, the image layout ids, the image size the checkpoint was trained for), ``transformer.safetensors`` (the key layout of
-``sjd_min.transformer.init_params`` with ``qk_norm=True``), ``vq.safetensors`` (the layout of
-``sjd_min.vq.vqgan.init_params``) and ``text_tokenizer.json`` (copied). Inputs are only read.
+configs, the image layout ids, the image size the checkpoint was trained for where the folder name
+or --size states it), ``transformer.safetensors`` (the key layout of ``sjd_min.transformer.init_params``
+with ``qk_norm=True``), ``vq.safetensors`` (the layout of ``sjd_min.vq.vqgan.init_params``) and
+``text_tokenizer.json`` (copied). Inputs are only read.
 The language model's names are Hugging Face Llama's plus qk-norm (stored per model-parallel shard
 by the release); the VQGAN's are taming's. Every key problem of a checkpoint (missing, unexpected,
 wrong shape) is reported in one error; the checks on --out are those of ``convert/toolkit.py``.

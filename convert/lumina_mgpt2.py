@@ -12,9 +12,9 @@ Inputs, as released:
   configuration in code; here it is read off the tensors (widths, blocks, attention levels, codebook).
 
 Output (``sjd_min.checkpoint.write_folder``, atomic): ``config.json`` (family, transformer and VQ
-configs, the special-token ids, the image size where --size gives one), ``transformer.safetensors``, ``vq.safetensors``
-(the layout of ``sjd_min.vq.movqgan.init_params``) and ``tokenizer.json`` (copied). Inputs are only
-read; the checks on --out are those of ``convert/toolkit.py``.
+configs, the special-token ids, the image size where --size gives one), ``transformer.safetensors``,
+``vq.safetensors`` (the layout of ``sjd_min.vq.movqgan.init_params``) and ``tokenizer.json``
+(copied). Inputs are only read; the checks on --out are those of ``convert/toolkit.py``.
 
 Ids are looked up by name: ``<racm3:break>``, ``<eoss>``, ``<reserved08706>`` (end of turn),
 ``<reserved08799>`` (end of row), ``<reserved{8800 + n}>`` (n grid units), BOS (the tokenizer's, or
@@ -184,7 +184,8 @@ def main(argv=None) -> int:
     ap.add_argument("--movqgan", required=True, help="SBER-MoVQGAN checkpoint (movqgan_270M.ckpt)")
     ap.add_argument("--tokenizer", default=None, help="folder with tokenizer.json and tokenizer_config.json "
                                                       "(default: --model)")
-    ap.add_argument("--size", type=int, default=None, help=f"default image side (default: the family's, {DEFAULTS.size})")
+    ap.add_argument("--size", type=int, default=None,
+                    help=f"default image side (default: the family's, {DEFAULTS.size})")
     args = ap.parse_args(argv)
     model, movqgan, tok = Path(args.model), Path(args.movqgan), Path(args.tokenizer) if args.tokenizer else None
     return run(args, [model, movqgan, tok], lambda: build(model, movqgan, tok, args.size, DTYPES[args.dtype]))

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import torch
 
-
 from convert.toolkit import DTYPES, command, convert_state, hf_state, layout, run, upstream_key
-from sjd_min.checkpoint import WeightsError, cast, flatten, from_hub, read_json
+from sjd_min.checkpoint import WeightsError, cast, from_hub, read_json
 from sjd_min.t5 import T5Config, init_params
 from sjd_min.t5 import load as t5_load
 
@@ -110,9 +109,8 @@ def main(argv=None) -> int:
 
     def build():
         config, params, tok = load_t5(args.src, DTYPES[args.dtype])
-        n = sum(v.numel() for v in flatten(params).values())
         return ({"family": "t5", "t5": config.__dict__}, {"t5": params}, {TOKENIZER: tok},
-                [f"T5 encoder {config.n_layers} layers, dim {config.dim}, {n / 1e6:.1f}M parameters"])
+                [f"T5 encoder {config.n_layers} layers, dim {config.dim}"])
 
     return run(args, [args.src], build)
 

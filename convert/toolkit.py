@@ -107,11 +107,6 @@ def read_tokenizer(path: Path, what: str):
         raise WeightsError(f"{path} cannot be read by `tokenizers` ({e})") from e
 
 
-def read_json_arg(path: str | None) -> dict | None:
-    """An optional JSON file named on the command line (an upstream config)."""
-    return None if path is None else read_json(path)
-
-
 def layout(init, *args) -> dict[str, Tensor]:
     """Our flat {key: tensor} that ``init(*args, generator)`` makes, as fake tensors (shapes, no memory)."""
     from torch._subclasses.fake_tensor import FakeTensorMode

@@ -11,7 +11,9 @@ Each family module (``sjd_min/models/<family>.py``) defines
   config, then cast for the device. A family states only its parts and what it checks across them;
 * a ``Pipeline`` whose ``job(prompts, sampler, size)`` returns a ``Job``: the generic loop
   (``generate.py``) decodes ``job.n_tokens`` tokens from ``job.prefix`` under ``job.constraint``
-  and hands them to ``job.decode``. It never looks inside a family.
+  and hands them to ``job.decode``. It never looks inside a family. A family whose prompts are rows of
+  token ids builds its pipeline on ``TokenPipeline`` and names its special tokens on its ``Ids``
+  fields (``token``), where the converter reads them.
 
 The folder's config.json names its family ("family"); ``load_pipeline`` dispatches on it.
 """
