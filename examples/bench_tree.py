@@ -7,8 +7,13 @@ call that committed its last token, + 1 for the prefill; reported as output toke
 and caption-check accuracy (``scenes.check``) with its binomial standard error. Then the CPU time of
 one window forward, a tree against a chain of the same token count.
 
-    python examples/bench_tree.py                 # 48 images per configuration; section in docs/benchmarks.md
+    python examples/bench_tree.py                 # 32 images per configuration; section in docs/benchmarks.md
     python examples/bench_tree.py --images 8 --no-write
+    python examples/bench_tree.py --real --device cuda   # only: the 7B step costs below (GPU)
+
+``--real``: what a GPU run should measure first: at Lumina-mGPT-7B size (random bf16 weights, CFG),
+the time per model call of AR, of a 64-token chain and of a 64-token tree (maximal refresh), eager
+and compiled, through the decoders themselves (``--stand-in``: toy sizes, a CPU dry run).
 """
 
 from __future__ import annotations
@@ -37,11 +42,9 @@ from sjd_min.tree import build_tree  # noqa: E402
 # (method, window tokens, branches, shape): AR, the chains, then trees that fit each window
 CHAINS = [(m, w, (), "full") for w in (16, 32, 64) for m in ("sjd", "maximal", "gumbel")]
 TREES = [
-    ("maximal", 16, (3,), "full"), ("maximal", 16, (2, 2), "full"), ("maximal", 16, (4, 4), "spine"),
-    ("maximal", 32, (4,), "full"), ("maximal", 32, (3, 3), "full"), ("maximal", 32, (4, 4, 4), "spine"),
-    ("gumbel", 32, (3, 3), "full"),
-    ("maximal", 64, (4, 4), "full"), ("maximal", 64, (3, 3, 3), "full"), ("maximal", 64, (4, 4, 4), "spine"),
-    ("maximal", 64, (4,) * 12, "spine"), ("gumbel", 64, (4, 4), "full"),
+    ("maximal", 16, (3,), "full"), ("maximal", 16, (2, 2), "full"),
+    ("maximal", 32, (4,), "full"), ("maximal", 32, (3, 3), "full"), ("gumbel", 32, (3, 3), "full"),
+    ("maximal", 64, (4, 4), "full"), ("maximal", 64, (4,) * 12, "spine"), ("gumbel", 64, (4, 4), "full"),
 ]
 CONFIGS = [("ar", 1, (), "full")] + CHAINS + TREES
 BEGIN, END = "<!-- bench_tree: begin -->", "<!-- bench_tree: end -->"
@@ -103,6 +106,52 @@ def forward_times(pipeline, windows=(16, 32, 64), reps: int = 30) -> list[dict]:
     return rows
 
 
+def real_tree_steps(device: str, stand_in: bool, window: int = 64, branches=(4, 4), calls: int = 12) -> list[dict]:
+    """Seconds per model call at Lumina-mGPT-7B size: AR, a `window`-token chain, a `window`-token tree."""
+    from bench import REAL, STAND_IN, sync  # noqa: E402  (examples/bench.py: the real sizes)
+
+    from sjd_min.ar import ar_decode
+    from sjd_min.compile import compiled as compiled_runner
+    from sjd_min.decoding import Constraint, Prefix, eager
+    from sjd_min.sjd import JacobiConfig, sjd_decode
+
+    preset, fields, _, prompt_len = REAL["Lumina-mGPT-7B 768"]
+    shape = {**T.PRESETS[preset], **fields, **(STAND_IN if stand_in else {})}
+    cfg = T.Config(**shape)
+    with torch.device(device):
+        params = T.init_params(cfg, torch.Generator(device=device).manual_seed(0), dtype=torch.bfloat16)
+    model, sampler = T.model_fn(params, cfg), Sampler(top_k=2000, cfg_scale=3.0)
+    x = torch.randint(0, cfg.vocab_size, (2, prompt_len), device=device)
+    positions = torch.arange(prompt_len, device=device).expand(2, prompt_len)
+    n = window * 2  # tokens per timed decode: a few calls of each
+    con = Constraint.free(n, cfg.vocab_size, device=device)
+    rows = []
+    for label, jc in [("AR", None), (f"chain W={window}", JacobiConfig(window=window, refresh="maximal")),
+                      (f"tree {'x'.join(map(str, branches))} W={window}",
+                       JacobiConfig(window=window, refresh="maximal", branches=branches))]:
+        row = dict(config=label)
+        for compiled in (False, True):
+            per_call = []
+            for rep in range(3):  # the first decode warms up (and compiles)
+                with torch.inference_mode():
+                    pre = Prefix(*T.prefill(params, cfg, x, positions, prompt_len + n + window + 1))
+                    run = compiled_runner(model, pre) if compiled else eager
+                    gen = torch.Generator(device=device).manual_seed(rep)
+                    sync(device)
+                    t0 = time.perf_counter()
+                    if jc is None:
+                        res = ar_decode(model, pre, calls, sampler, Constraint.free(calls, cfg.vocab_size, device=device),
+                                        gen, run=run)
+                    else:
+                        res = sjd_decode(model, pre, n, sampler, con, gen, jc, run=run)
+                    sync(device)
+                per_call.append((time.perf_counter() - t0) / (res.forward_calls - 1))
+            row["compiled_ms" if compiled else "eager_ms"] = 1e3 * statistics.median(per_call[1:])
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
 def table(results: list[dict]) -> list[str]:
     lines = ["| configuration | calls / image | step compression (best-worst image) | caption check |",
              "|---|---|---|---|"]
@@ -115,10 +164,18 @@ def table(results: list[dict]) -> list[str]:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(DEFAULT_WEIGHTS))
-    ap.add_argument("--images", type=int, default=48)
+    ap.add_argument("--images", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md as it is")
+    ap.add_argument("--real", action="store_true", help="only the 7B-size step costs (see the module doc)")
+    ap.add_argument("--stand-in", action="store_true", help="with --real: toy sizes, a CPU dry run")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
+    if args.real:
+        sys.path.insert(0, str(ROOT / "examples"))
+        for r in real_tree_steps(args.device, args.stand_in):
+            print(f"| {r['config']} | {r['eager_ms']:.2f} ms | {r['compiled_ms']:.2f} ms |")
+        return
     torch.set_num_threads(1)
     pipeline = load_pipeline(args.model)
     captions = scenes.eval_captions(args.images)

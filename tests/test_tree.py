@@ -113,9 +113,11 @@ def test_paths_leave_the_spine_and_statistics_add_up(monkeypatch):
     left = []
     original = sjd.jacobi_step
 
-    def spy(state, *args):
-        new, committed = original(state, *args)
-        left.append(bool((new["move_from"] != new["move_to"]).any()))
+    def spy(state, p, noise, constraint, n_tokens, jacobi, tree):
+        new, committed = original(state, p, noise, constraint, n_tokens, jacobi, tree)
+        nodes = new["move_from"] - (state["n"][:, None] - 1)  # the accepted path's node at depths 1, 2, ...
+        accepted = torch.arange(1, tree.levels) < committed[:, None]
+        left.append(bool(((tree.rank[nodes] > 0) & accepted).any()))  # a later candidate was taken
         return new, committed
 
     monkeypatch.setattr(sjd, "jacobi_step", spy)
