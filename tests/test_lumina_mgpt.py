@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -240,6 +241,22 @@ def test_generate_command(pipeline, release, tmp_path):
     stats = json.loads((out / "stats.json").read_text())
     assert stats["n_tokens"] == 4 * 5 + 1 and stats["sampler"]["cfg_scale"] == 4.0
     assert stats["sampler"]["cfg_on"] == "logits" and stats["sampler"]["top_k"] == 2000
+
+
+def test_image_size_is_the_checkpoints_else_the_familys(release, tmp_path):
+    """config.json holds the size a checkpoint states (its folder name, or --size) and no sampler defaults;
+    without one the family's DEFAULTS apply; a folder from the older converter keeps the size it stored."""
+    named = tmp_path / "Lumina-mGPT-7B-512"
+    shutil.copytree(release["model"], named)
+    folder = convert(named, release["tokenizer_dir"], tmp_path / "w")
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["image_size"] == 512 and "defaults" not in cfg
+    assert L.load(folder).defaults == L.DEFAULTS.replace(size=512)
+    del cfg["image_size"]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert L.load(folder).defaults == L.DEFAULTS and L.DEFAULTS.size == 768
+    (folder / "config.json").write_text(json.dumps({**cfg, "defaults": {"size": 1024}}))  # the older converter's
+    assert L.load(folder).defaults.size == 1024
 
 
 # ----------------------------------------------------------------------------- converter errors
