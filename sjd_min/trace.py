@@ -7,7 +7,7 @@ image and writes into a new (or empty) folder:
                  closing tokens): committed tokens, this call's window, accepted drafts, the rejected slot
                  with its residual sample, the bonus token, the next window's refreshed and new drafts
                  (arrows: where copied drafts come from), with the call number and tokens committed
-    trace.png    the same frames as one strip, for reading on paper
+    trace.png    the same frames (the first 48) as one strip, for reading on paper
     trace.json   per call and slot: draft d, q(d), p(d), min(1, p/q), the uniform u, the outcome
     trace.md     the same as tables;   image.png   the decoded image
 
@@ -119,13 +119,15 @@ def trace_decode(model: ModelFn, prefix: Prefix, n_tokens: int, sampler: Sampler
 # ----------------------------------------------------------------------------- pictures and tables
 
 
-def frame(c: Call, n_tokens: int, row_width: int, init: str, cell: int = 22):
-    """One call over the output grid (``row_width`` columns): see the module docstring for the colours."""
+def frame(c: Call, n_tokens: int, row_width: int, init: str, cell: int | None = None):
+    """One call over the output grid (``row_width`` columns): see the module docstring for the colours.
+    `cell`: pixels per token (default: 22, smaller for wide images, so a frame stays under ~720 pixels)."""
     from PIL import Image, ImageDraw
 
+    cell = cell or max(3, min(22, 720 // row_width))
     rows = -(-n_tokens // row_width)
     top, legend = 16, 40
-    img = Image.new("RGB", (row_width * cell + 2, top + rows * cell + legend), "white")
+    img = Image.new("RGB", (max(row_width * cell + 2, 200), top + rows * cell + legend), "white")
     draw = ImageDraw.Draw(img)
     w = len(c.outcome)
     kind = {t: "committed" for t in range(c.n)}
@@ -144,7 +146,7 @@ def frame(c: Call, n_tokens: int, row_width: int, init: str, cell: int = 22):
         t = c.n + k
         if t < n_tokens:
             draw.rectangle(box(t), outline="black", width=2)
-            if k < len(c.committed):
+            if k < len(c.committed) and cell >= 18:
                 draw.text((box(t)[0] + 2, box(t)[1] + 5), str(c.committed[k] % 1000), fill="black")
     back = {"horizontal": 1, "vertical": row_width}.get(init)
     for j, k in enumerate(c.next_kind):  # copied drafts: an arrow from the token they copy
@@ -164,10 +166,14 @@ def frame(c: Call, n_tokens: int, row_width: int, init: str, cell: int = 22):
     return img
 
 
+STRIP_FRAMES = 48  # the strip shows the first calls (the GIF has them all)
+
+
 def strip(frames: list, per_row: int = 6):
-    """The frames in rows of `per_row`, as one picture."""
+    """The first STRIP_FRAMES frames in rows of `per_row`, as one picture."""
     from .pictures import grid
 
+    frames = frames[:STRIP_FRAMES]
     return grid([frames[i : i + per_row] for i in range(0, len(frames), per_row)])
 
 
@@ -255,7 +261,11 @@ def _trace(args: argparse.Namespace, staged) -> str:
     settings = dict(model=str(args.model), prompt=args.prompt, method=args.method, window=window, init=init,
                     seed=args.seed, sampler=dataclasses.asdict(sampler), n_tokens=job.n_tokens,
                     row_width=job.layout.row_width, model_calls=result.forward_calls)
-    frames = [frame(c, job.n_tokens, job.layout.row_width, init) for c in calls]
+    from PIL import Image
+
+    # palette images: a long decode's GIF frames stay small in memory
+    frames = [frame(c, job.n_tokens, job.layout.row_width, init).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+              for c in calls]
     payload = dict(settings, first_token=int(result.tokens[0, 0]), tokens=result.tokens[0].tolist(),
                    calls=[dict(dataclasses.asdict(c), accept_probability=c.accept_probability()) for c in calls])
     staged.save("trace.json", lambda p: Path(p).write_text(json.dumps(payload, indent=1) + "\n"))

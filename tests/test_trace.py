@@ -45,7 +45,7 @@ def pipeline():
     return load_pipeline(DEFAULT_WEIGHTS)
 
 
-@pytest.mark.parametrize("method, init", zip(REFRESH_OF, INIT_MODES))  # each method and each init once
+@pytest.mark.parametrize("method, init", list(zip(REFRESH_OF, INIT_MODES)))  # each method and each init once
 def test_trace_equals_the_decode_on_the_tiny_model(pipeline, method, init):
     sampler = pipeline.defaults.sampler()
     job = pipeline.job([PROMPT], sampler)
