@@ -43,6 +43,7 @@ ready to be compiled (``compile.py``). Each row keeps its own accept length; fin
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 from typing import Literal, get_args
@@ -294,6 +295,30 @@ def jacobi_step(
 
 # ----------------------------------------------------------------------------- the decoder
 
+# Steps the host reads the commit counts late, per device type. A GPU runs the next step while the host
+# reads the last one's counts (copied into pinned memory without blocking), so it never waits for the
+# host; the loop may launch a step after the last row finished, which commits nothing (its random draws
+# are given back). A CPU computes the counts in the host's own thread: read at once.
+HOST_LAG = {"cuda": 1}
+
+
+def _to_host(counts: Tensor) -> tuple[Tensor, torch.Event | None]:
+    """A step's commit counts on their way to the host: a non-blocking copy into pinned memory and an
+    event to wait on before reading it (a CPU tensor is there already)."""
+    if counts.device.type == "cpu":
+        return counts, None
+    host = torch.empty(counts.shape, dtype=counts.dtype, pin_memory=True)
+    host.copy_(counts, non_blocking=True)
+    event = torch.Event(device=counts.device)
+    event.record()
+    return host, event
+
+
+def _read(host: Tensor, event: torch.Event | None) -> Tensor:
+    if event is not None:
+        event.synchronize()  # waits for that step only, not for the one launched after it
+    return host
+
 
 def window_probs(logits: Float[Tensor, "r w v"], n: Int[Tensor, " b"], constraint: Constraint, sampler: Sampler,
                  tree: Tree) -> Float[Tensor, "b w v"]:
@@ -355,20 +380,30 @@ def sjd_decode(
     commit_call = torch.zeros(b, n_tokens + levels, dtype=torch.long, device=device)
     committed_log = [torch.ones(b, dtype=torch.long)]
     level = torch.arange(levels, device=device)
-    done = torch.ones(b, dtype=torch.long)  # committed tokens per row, on the host
+    done = torch.ones(b, dtype=torch.long)  # committed tokens per row, as far as the host has read
+    lag = HOST_LAG.get(device.type, 0)
+    generators = [generator] if isinstance(generator, torch.Generator) else list(generator)
+    unread = collections.deque()  # launched steps: (their counts on the way to the host, the RNG state before)
     cache = prefix.cache
     while bool((done < n_tokens).any()):
+        if len(unread) > lag:  # the host reads the oldest step's commit counts
+            committed_log.append(_read(*unread.popleft()[0]))
+            done += committed_log[-1]
+            if progress is not None:
+                progress(min(int(done.min()), n_tokens))
+            continue
+        rng = [g.get_state() for g in generators] if lag else None
         n = state["n"]
         noise = draw_noise(generator, b, tree, vocab, device)
         state, cache, committed = iterate(model, state, cache, noise, prefix.cache["length"], prefix.position,
                                           padded, sampler, n_tokens, jacobi, tree)
         out_pos = n[:, None] + level
         mark = (level[None, :] < committed[:, None]) & (out_pos < n_tokens)
-        commit_call.scatter_(1, out_pos, torch.where(mark, len(committed_log), commit_call.gather(1, out_pos)))
-        committed_host = committed.cpu()  # the one host read per iteration
-        committed_log.append(committed_host)
-        done += committed_host
-        if progress is not None:
-            progress(min(int(done.min()), n_tokens))
+        call = len(committed_log) + len(unread)  # this step's model call
+        commit_call.scatter_(1, out_pos, torch.where(mark, call, commit_call.gather(1, out_pos)))
+        unread.append((_to_host(committed), rng))
+    if unread:  # steps launched after the last row finished (they commit nothing): their draws given back
+        for g, rng in zip(generators, unread[0][1]):
+            g.set_state(rng)
     calls = len(committed_log)
     return Result(state["seq"][:, :n_tokens].clone(), calls, torch.stack(committed_log), commit_call[:, :n_tokens])
