@@ -7,7 +7,12 @@ with ``fullgraph=True``; on CUDA with ``mode="reduce-overhead"`` (CUDA graphs), 
 C++ wrapper. What makes that possible lives in the decoders themselves: positions and lengths
 are tensors, the noise is drawn before the step from the generator, the KV cache is written in
 place at tensor positions (``index_put_``, which the compiler keeps in place), and nothing
-inside calls ``.item()`` or ``multinomial``. The prefill stays eager.
+inside calls ``.item()`` or ``multinomial``. The prefill stays eager. Inside the compiled step,
+attention reads only the cache blocks in use (``transformer.attention_mask``: flex attention with a
+block mask made from the lengths), so one graph serves every length at the cost of the slots in use.
+Between steps the host never blocks the device: AR's position counter is a step output, and SJD's
+host reads each step's commit counts one step late on a GPU (``sjd.HOST_LAG``). The noise and state
+a CUDA graph takes are copied into its static inputs at each replay (a few MB per step; kept for clarity).
 
 A decoder takes the step it runs through a runner (``decoding.eager`` by default); ``compiled``
 here is the other runner. Here: the weights and the cache are marked static (CUDA graphs neither copy nor re-record

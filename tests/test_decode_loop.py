@@ -72,3 +72,26 @@ def test_ar_keeps_its_position_counter_on_the_device():
     ar_decode(T.model_fn(params, CFG), prefix, N, Sampler(), Constraint.free(N, 40), torch.Generator(), run=recording)
     assert [int(t) for t in given] == list(range(1, N))
     assert all(t is r for t, r in zip(given[1:], returned))  # the step's own output, not a new tensor
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", ["ar", "sjd"])
+def test_the_loop_never_blocks_the_gpu(method):
+    """From the first progress report on, no step makes the host wait for the GPU (CUDA's sync debug mode
+    raises on a blocking copy or read; waiting on a pinned copy's event is not one)."""
+    device = "cuda"
+    with torch.device(device):
+        params = T.init_params(CFG, torch.Generator(device=device).manual_seed(0))
+    rows = torch.arange(12, device=device).reshape(2, 6)
+    prefix = Prefix(*T.prefill(params, CFG, rows, torch.arange(6, device=device).expand(2, 6), 6 + N + 4))
+    args = (T.model_fn(params, CFG), prefix, N, Sampler(top_k=6), Constraint.range(N, 2, 40, device=device),
+            torch.Generator(device=device).manual_seed(0))
+    strict = lambda done: torch.cuda.set_sync_debug_mode("error")
+    try:
+        if method == "ar":
+            ar_decode(*args, progress=strict)
+        else:
+            sjd.sjd_decode(*args, sjd.JacobiConfig(window=4), progress=strict)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
