@@ -268,7 +268,6 @@ def special_ids(tok, config_ids: dict, codebook_size: int, vocab_size: int) -> d
 # ----------------------------------------------------------------------------- the command
 
 
-
 def build(model: Path, vq: Path | None, tokenizer: Path | None, dtype: torch.dtype | None):
     """(config.json, tensors, extra files, summary lines) for the parsed arguments; writes nothing."""
     for p in (model, vq, tokenizer):
