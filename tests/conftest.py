@@ -1,4 +1,6 @@
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,3 +23,13 @@ def oracles() -> Path:
     if not ORACLES.is_dir():
         pytest.skip(f"upstream oracle fixtures not found at {ORACLES} (they live in ../shared beside the clone)")
     return ORACLES
+
+
+def edited_copy(folder: Path, dst: Path, change) -> Path:
+    """A copy of the weights folder `folder` at `dst` whose config.json `change(config)` edited in place:
+    how the load tests make a folder that contradicts itself."""
+    shutil.copytree(folder, dst)
+    config = json.loads((dst / "config.json").read_text())
+    change(config)
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst

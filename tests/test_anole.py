@@ -21,6 +21,8 @@ from sjd_min.__main__ import main as cli
 from sjd_min.models import lumina_mgpt as L
 from sjd_min.sampling import probs
 
+from conftest import edited_copy
+
 FIXTURE = Path(__file__).parent / "fixtures" / "anole"
 MODEL, TOKENIZER = FIXTURE / "models" / "7b", FIXTURE / "tokenizer" / "text_tokenizer.json"
 PROMPT = "a photo of a red cat on the tree"  # the fixture's text-only prompt (stream f0)
@@ -183,9 +185,6 @@ def test_converter_errors_write_nothing(tmp_path, vq, capsys):
 def test_load_refuses_unknown_preset(folder, tmp_path):
     from sjd_min.checkpoint import WeightsError
 
-    bad = tmp_path / "bad"
-    shutil.copytree(folder, bad)
-    cfg = json.loads((bad / "config.json").read_text())
-    (bad / "config.json").write_text(json.dumps({**cfg, "preset": "chameleon-34b"}))
+    bad = edited_copy(folder, tmp_path / "bad", lambda cfg: cfg.update(preset="chameleon-34b"))
     with pytest.raises(WeightsError, match="preset 'chameleon-34b' is not one of lumina_mgpt, anole"):
         L.load(bad)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +18,8 @@ import torch
 
 from sjd_min.cli import main
 from sjd_min.generate import DEFAULT_WEIGHTS
+
+from conftest import edited_copy
 
 PROMPT = "a big red circle on the left"
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,12 +98,7 @@ def test_bad_prompts_are_refused_before_work(tmp_path, argv, needles):
 
 
 def broken_model(tmp_path: Path, change) -> Path:
-    folder = tmp_path / "model"
-    shutil.copytree(DEFAULT_WEIGHTS, folder)
-    config = json.loads((folder / "config.json").read_text())
-    change(config)
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
+    return edited_copy(DEFAULT_WEIGHTS, tmp_path / "model", change)
 
 
 def _set(section, key, value):

@@ -21,6 +21,8 @@ from sjd_min.models import janus_pro as J
 from sjd_min.sampling import Sampler, probs
 from sjd_min.vq import vqgan as V
 
+from conftest import edited_copy
+
 FIXTURE = Path(__file__).parent / "fixtures" / "janus_pro"
 ATOL = 1e-4
 
@@ -168,10 +170,6 @@ def test_converter_errors_write_nothing(tmp_path, capsys):
 def test_load_refuses_contradictions(folder, tmp_path):
     from sjd_min.checkpoint import WeightsError
 
-    bad = tmp_path / "bad"
-    shutil.copytree(folder, bad)
-    cfg = json.loads((bad / "config.json").read_text())
-    cfg["ids"]["pad"] = 100
-    (bad / "config.json").write_text(json.dumps(cfg))
+    bad = edited_copy(folder, tmp_path / "bad", lambda cfg: cfg["ids"].update(pad=100))
     with pytest.raises(WeightsError, match="ids.pad = 100 is outside text.vocab_size 100"):
         J.load(bad)
